@@ -1,0 +1,211 @@
+//! [`FrameMemoryCreator`]: wasmtime's `MemoryCreator`, backed by framemap spaces.
+//!
+//! Every memory (linear memories of every kind, shared memories and GC heaps:
+//! wasmtime sends them all through the creator) is a [`LinearSpace`] whose
+//! reservation is exactly the `reserved_size_in_bytes` plus
+//! `guard_size_in_bytes` wasmtime asks for (enlarged only when the memory's
+//! minimum does not fit), so compiled code keeps its bounds-check elision.
+//! Dropped memories return their reset slot to a bounded pool.
+
+use crate::error::{Error, Result};
+use crate::memory::{FrameMemory, LiveMemory};
+use crate::pool::{SlotKey, SlotPool};
+use crate::report::MemoryHandle;
+use framemap::{LinearSpace, ResetPolicy, SpaceConfig};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use wasmtime::{AsContext, LinearMemory, Memory, MemoryType, SharedMemory};
+
+/// How a [`FrameMemoryCreator`] sizes, recycles and resets memories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreatorConfig {
+    /// Most idle slots kept for reuse (0 turns recycling off). Each idle slot
+    /// holds address space and up to `reset.keep_resident` resident bytes.
+    pub max_idle_slots: usize,
+    /// How a dropped memory is reset before its slot is reused.
+    pub reset: ResetPolicy,
+    /// Reservation used when wasmtime leaves the choice to the creator
+    /// (`reserved_size_in_bytes == None`), in bytes. framemap memories never
+    /// move, so this bounds their growth.
+    pub default_reservation: u64,
+}
+
+impl Default for CreatorConfig {
+    fn default() -> Self {
+        CreatorConfig { max_idle_slots: 64, reset: ResetPolicy::default(), default_reservation: 4 << 30 }
+    }
+}
+
+/// Counters of a creator's activity since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreatorStats {
+    /// Memories created with a new reservation.
+    pub created: u64,
+    /// Memories created on a recycled slot.
+    pub reused: u64,
+    /// Dropped memories whose slot went back to the pool.
+    pub recycled: u64,
+    /// Dropped memories whose reservation was released (pool full, recycling
+    /// off, or the reset failed).
+    pub released: u64,
+    /// Idle slots in the pool now.
+    pub idle: u64,
+    /// Memories alive now.
+    pub live: u64,
+}
+
+/// State shared by a creator and every memory it made (memories outlive
+/// neither the pool nor the registry).
+#[derive(Debug, Default)]
+pub(crate) struct CreatorShared {
+    config: CreatorConfig,
+    pool: Mutex<SlotPool>,
+    live: Mutex<HashMap<usize, Weak<LiveMemory>>>,
+    created: AtomicU64,
+    reused: AtomicU64,
+    recycled: AtomicU64,
+    released: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the guarded data
+    // half-updated in a way later users could observe, so poisoning is ignored.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl CreatorShared {
+    /// A space of geometry `key` with `minimum` accessible bytes: a recycled
+    /// slot if one is idle, a new reservation otherwise.
+    fn acquire(&self, key: SlotKey, minimum: u64) -> Result<LinearSpace> {
+        let recycled = lock(&self.pool).take(key);
+        if let Some(mut space) = recycled {
+            if space.restore_layout(minimum).is_ok() {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(space);
+            }
+            // A slot that cannot be laid out is dropped (its reservation is
+            // released) and a new one is made instead.
+        }
+        let space = LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len: minimum })
+            .map_err(|source| Error::Create { minimum, reserved: key.capacity, guard: key.guard, source })?;
+        self.created.fetch_add(1, Ordering::Relaxed);
+        Ok(space)
+    }
+
+    /// Takes back the space of a dropped memory.
+    pub(crate) fn release(&self, base: usize, mut space: LinearSpace) {
+        lock(&self.live).remove(&base);
+        let keep = self.config.max_idle_slots > 0 && space.zero_dirty(self.config.reset).is_ok();
+        if keep && lock(&self.pool).put(space, self.config.max_idle_slots).is_ok() {
+            self.recycled.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.released.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn live(&self, base: usize) -> Result<Arc<LiveMemory>> {
+        lock(&self.live).get(&base).and_then(Weak::upgrade).ok_or(Error::NotFramemap { base })
+    }
+}
+
+/// A wasmtime `MemoryCreator` whose memories are framemap reservations.
+///
+/// Install it with [`crate::configure`]. Clones of the `Arc` share one pool.
+#[derive(Debug)]
+pub struct FrameMemoryCreator {
+    shared: Arc<CreatorShared>,
+}
+
+impl FrameMemoryCreator {
+    /// A creator with [`CreatorConfig::default`].
+    pub fn new() -> Arc<Self> {
+        Self::with_config(CreatorConfig::default())
+    }
+
+    /// A creator with `config`.
+    pub fn with_config(config: CreatorConfig) -> Arc<Self> {
+        Arc::new(FrameMemoryCreator { shared: Arc::new(CreatorShared { config, ..CreatorShared::default() }) })
+    }
+
+    /// The configuration this creator was made with.
+    pub fn config(&self) -> &CreatorConfig {
+        &self.shared.config
+    }
+
+    /// Counters of what this creator did so far.
+    pub fn stats(&self) -> CreatorStats {
+        let s = &self.shared;
+        CreatorStats {
+            created: s.created.load(Ordering::Relaxed),
+            reused: s.reused.load(Ordering::Relaxed),
+            recycled: s.recycled.load(Ordering::Relaxed),
+            released: s.released.load(Ordering::Relaxed),
+            idle: lock(&s.pool).len() as u64,
+            live: lock(&s.live).len() as u64,
+        }
+    }
+
+    /// Releases every idle slot's reservation.
+    pub fn clear_pool(&self) {
+        lock(&self.shared.pool).clear();
+    }
+
+    /// A read-only handle to the frame table of `memory`, which must have been
+    /// created by this creator.
+    pub fn handle(&self, store: impl AsContext, memory: &Memory) -> Result<MemoryHandle> {
+        let base = memory.data_ptr(store) as usize;
+        Ok(MemoryHandle::new(self.shared.live(base)?))
+    }
+
+    /// A read-only handle to the frame table of a shared `memory` created by
+    /// this creator.
+    pub fn handle_shared(&self, memory: &SharedMemory) -> Result<MemoryHandle> {
+        let base = memory.data().as_ptr() as usize;
+        Ok(MemoryHandle::new(self.shared.live(base)?))
+    }
+
+    /// Handles to every memory this creator has alive now, by base address.
+    pub fn live_memories(&self) -> Vec<MemoryHandle> {
+        let mut live: Vec<_> = lock(&self.shared.live).values().filter_map(Weak::upgrade).collect();
+        live.sort_by_key(|m| m.base());
+        live.into_iter().map(MemoryHandle::new).collect()
+    }
+
+    /// A report on every memory alive now (see [`MemoryHandle::report`]);
+    /// memories dropped meanwhile are skipped.
+    pub fn live_reports(&self) -> Vec<crate::FrameReport> {
+        self.live_memories().iter().filter_map(|m| m.report().ok()).collect()
+    }
+}
+
+// SAFETY: every memory returned is a `FrameMemory`, whose `LinearMemory` impl
+// upholds wasmtime's contract (see there): a fixed reservation of at least
+// `reserved_size_in_bytes` bytes followed by `guard_size_in_bytes`
+// inaccessible bytes, zero-filled accessible bytes, and a base that never moves.
+unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
+    fn new_memory(
+        &self,
+        _ty: MemoryType,
+        minimum: usize,
+        _maximum: Option<usize>,
+        reserved_size_in_bytes: Option<usize>,
+        guard_size_in_bytes: usize,
+    ) -> std::result::Result<Box<dyn LinearMemory>, String> {
+        let page = framemap::host_page_size() as u64;
+        // usize -> u64 is lossless on every target wasmtime supports.
+        let minimum = minimum as u64;
+        let reserved = reserved_size_in_bytes.map_or(self.shared.config.default_reservation, |r| r as u64);
+        let capacity = minimum
+            .checked_next_multiple_of(page)
+            .map(|m| m.max(reserved))
+            .ok_or(Error::TooLarge { what: "memory minimum", value: minimum })
+            .map_err(|e| e.to_string())?;
+        let key = SlotKey { capacity, guard: guard_size_in_bytes as u64 };
+        let space = self.shared.acquire(key, minimum).map_err(|e| e.to_string())?;
+        let memory = FrameMemory::new(space, self.shared.clone());
+        let live = Arc::downgrade(memory.live());
+        lock(&self.shared.live).insert(memory.live().base(), live);
+        Ok(Box::new(memory))
+    }
+}

@@ -1,0 +1,60 @@
+//! The error type of framemap-wasmtime.
+
+/// What can go wrong between framemap and wasmtime. Each variant names the
+/// memory (by base address) or sizes involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// wasmtime asked for a memory framemap cannot create.
+    #[error(
+        "cannot create a memory of {minimum:#x} bytes (reservation {reserved:#x}, guard {guard:#x}): {source}"
+    )]
+    Create {
+        /// Initial size asked for.
+        minimum: u64,
+        /// Reservation size used.
+        reserved: u64,
+        /// Guard size asked for.
+        guard: u64,
+        /// Why the core refused.
+        #[source]
+        source: framemap::Error,
+    },
+    /// A memory could not grow.
+    #[error("memory at {base:#x} cannot grow to {requested:#x} bytes: {source}")]
+    Grow {
+        /// The memory's base address.
+        base: usize,
+        /// The size asked for.
+        requested: u64,
+        /// Why the core refused.
+        #[source]
+        source: framemap::Error,
+    },
+    /// A size does not fit the host's address space.
+    #[error("{what} of {value:#x} bytes does not fit this host's address space")]
+    TooLarge {
+        /// Which size.
+        what: &'static str,
+        /// The value.
+        value: u64,
+    },
+    /// The wasmtime memory was not created by this creator, or is gone.
+    #[error("no live framemap memory at {base:#x} (not created by this creator, or already dropped)")]
+    NotFramemap {
+        /// The address looked up.
+        base: usize,
+    },
+    /// Reading a memory's frame table or residency failed.
+    #[error("cannot report on memory at {base:#x}: {source}")]
+    Report {
+        /// The memory's base address.
+        base: usize,
+        /// What failed.
+        #[source]
+        source: framemap::Error,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,51 @@
+//! framemap for wasmtime: every wasm memory a framemap reservation.
+//!
+//! [`FrameMemoryCreator`] implements wasmtime's `MemoryCreator`; [`configure`]
+//! installs it in a `wasmtime::Config`. Memories keep exactly the reservation
+//! and guard wasmtime asks for (so compiled code keeps its bounds-check
+//! elision), never move, and are recycled through a bounded pool whose reset
+//! costs time proportional to the pages the guest touched. A
+//! [`MemoryHandle`] shows a live memory's frame table.
+//!
+//! ```
+//! use framemap_wasmtime::{FrameMemoryCreator, configure};
+//! use wasmtime::{Config, Engine, Instance, Module, Store};
+//!
+//! let creator = FrameMemoryCreator::new();
+//! let mut config = Config::new();
+//! configure(&mut config, creator.clone());
+//! let engine = Engine::new(&config)?;
+//! let module = Module::new(&engine, r#"(module (memory (export "m") 1))"#)?;
+//! let mut store = Store::new(&engine, ());
+//! let instance = Instance::new(&mut store, &module, &[])?;
+//! let memory = instance.get_memory(&mut store, "m").unwrap();
+//! let report = creator.handle(&store, &memory)?.report()?;
+//! assert_eq!(report.summary.len, 65536);
+//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! ```
+
+mod creator;
+mod error;
+mod memory;
+mod pool;
+mod report;
+
+pub use creator::{CreatorConfig, CreatorStats, FrameMemoryCreator};
+pub use error::{Error, Result};
+pub use report::{FrameReport, MemoryHandle};
+
+use std::sync::Arc;
+
+/// Makes `config` create every memory with `creator`, and sets what that
+/// requires:
+///
+/// - `memory_init_cow(false)`: wasmtime 48's copy-on-write initialisation
+///   assumes memories it allocated itself and panics on a custom creator's
+///   (wasmtime issue #10740); with it off, data segments are copied into the
+///   memory at instantiation.
+/// - `memory_may_move(false)` and `gc_heap_may_move(false)`: framemap memories
+///   never move, and saying so lets compiled code keep the base pointer in a
+///   register across growth.
+pub fn configure(config: &mut wasmtime::Config, creator: Arc<FrameMemoryCreator>) -> &mut wasmtime::Config {
+    config.with_host_memory(creator).memory_init_cow(false).memory_may_move(false).gc_heap_may_move(false)
+}

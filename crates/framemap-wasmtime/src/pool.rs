@@ -1,0 +1,58 @@
+//! Slot recycling: idle reservations waiting to serve the next memory.
+//!
+//! Invariant: every space in the pool has had its contents reset (all pages
+//! read as their frame's initial contents: zero here), so handing it out only
+//! needs its layout set for the new memory's size
+//! ([`framemap::LinearSpace::restore_layout`]). Slots are matched by exact
+//! geometry (capacity and guard), so a recycled memory has precisely the
+//! reservation wasmtime asked for.
+
+use framemap::LinearSpace;
+use std::collections::HashMap;
+
+/// The geometry that decides whether a slot can serve a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SlotKey {
+    pub capacity: u64,
+    pub guard: u64,
+}
+
+/// Idle, reset spaces by geometry, bounded in number.
+#[derive(Debug, Default)]
+pub(crate) struct SlotPool {
+    idle: HashMap<SlotKey, Vec<LinearSpace>>,
+    count: usize,
+}
+
+impl SlotPool {
+    /// Takes an idle slot of geometry `key`, most recently used first (its
+    /// kept-resident pages are the likeliest to still be in cache).
+    pub fn take(&mut self, key: SlotKey) -> Option<LinearSpace> {
+        let space = self.idle.get_mut(&key)?.pop()?;
+        self.count -= 1;
+        Some(space)
+    }
+
+    /// Keeps `space` for reuse if fewer than `limit` slots are idle; gives it
+    /// back otherwise (the caller drops it, releasing the reservation).
+    pub fn put(&mut self, space: LinearSpace, limit: usize) -> Result<(), LinearSpace> {
+        if self.count >= limit {
+            return Err(space);
+        }
+        let key = SlotKey { capacity: space.capacity(), guard: space.guard() };
+        self.idle.entry(key).or_default().push(space);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Number of idle slots.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Drops every idle slot.
+    pub fn clear(&mut self) {
+        self.idle.clear();
+        self.count = 0;
+    }
+}

@@ -1,0 +1,122 @@
+//! The error type of the framemap core.
+
+use crate::frame::FrameTag;
+use std::io;
+
+/// Everything that can go wrong in the framemap core. Each variant names the
+/// range, size or limit involved, in bytes relative to the memory's base
+/// unless it says otherwise. A rejected call changes nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A size argument is zero where it must not be, or too large to represent.
+    #[error("invalid {what}: {value:#x} bytes ({reason})")]
+    InvalidSize {
+        /// Which size.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// A range does not start or end on a host page boundary.
+    #[error("range {start:#x}+{len:#x} is not aligned to the host page size ({page_size:#x} bytes)")]
+    Misaligned {
+        /// Start of the range.
+        start: u64,
+        /// Length of the range.
+        len: u64,
+        /// The host page size.
+        page_size: usize,
+    },
+    /// `start + len` overflows.
+    #[error("range {start:#x}+{len:#x} overflows the address space")]
+    Overflow {
+        /// Start of the range.
+        start: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// A range reaches past the memory's accessible size.
+    #[error("range {start:#x}..{end:#x} is outside the memory's accessible {accessible:#x} bytes")]
+    OutOfBounds {
+        /// Start of the range.
+        start: u64,
+        /// End of the range.
+        end: u64,
+        /// The memory's accessible size (rounded up to whole host pages).
+        accessible: u64,
+    },
+    /// Growth past the reservation: framemap memories never move.
+    #[error("cannot grow to {requested:#x} bytes: the reservation holds {capacity:#x} bytes and a framemap memory never moves")]
+    CapacityExceeded {
+        /// The size asked for.
+        requested: u64,
+        /// The reservation's size, excluding its guard.
+        capacity: u64,
+    },
+    /// A request to make a memory smaller than it is.
+    #[error("cannot shrink a memory from {current:#x} to {requested:#x} bytes")]
+    Shrink {
+        /// The current accessible size.
+        current: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+    /// The operation needs frames of a kind the range does not (only) hold.
+    #[error("{operation} refused on {tag} frames at {start:#x}..{end:#x}")]
+    WrongFrames {
+        /// The operation, e.g. `protect`.
+        operation: &'static str,
+        /// The tag found in the range that the operation refuses.
+        tag: FrameTag,
+        /// Start of the offending run.
+        start: u64,
+        /// End of the offending run.
+        end: u64,
+    },
+    /// The range holds frames whose protection forbids the access.
+    #[error("{operation} refused at {start:#x}..{end:#x}: frames there are {prot:?}")]
+    Protected {
+        /// The access, `read` or `write`.
+        operation: &'static str,
+        /// The protection found.
+        prot: crate::frame::Protection,
+        /// Start of the offending run.
+        start: u64,
+        /// End of the offending run.
+        end: u64,
+    },
+    /// A frame names a backing object this memory does not hold.
+    #[error("backing #{id} is not attached to this memory")]
+    UnknownBacking {
+        /// The backing's id.
+        id: u64,
+    },
+    /// A system call failed.
+    #[error("{syscall} failed on {start:#x}..{end:#x}: {source}")]
+    Kernel {
+        /// The call.
+        syscall: &'static str,
+        /// Start of the range it was made on.
+        start: u64,
+        /// End of that range.
+        end: u64,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The frame table and the kernel's mappings disagree.
+    #[error("frame table and kernel disagree at {start:#x}..{end:#x}: {detail}")]
+    Diverged {
+        /// Start of the first disagreement.
+        start: u64,
+        /// End of the first disagreement.
+        end: u64,
+        /// What differs.
+        detail: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

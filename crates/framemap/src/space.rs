@@ -1,0 +1,537 @@
+//! A linear space: one reservation, its frame table, and an accessible size.
+//!
+//! Invariants:
+//! 1. The frame table equals the kernel's mappings of the reservation. Every
+//!    change of mapping or protection goes through [`LinearSpace::commit`],
+//!    which makes the kernel call and updates the table for exactly the range
+//!    the call succeeded on; nothing else touches mappings.
+//! 2. A frame is replaced by one `mmap(MAP_FIXED)` (or changed in place by one
+//!    `mprotect`), never unmapped first: a concurrent guest thread sees the old
+//!    page or the new one, never a hole.
+//! 3. An `Unmapped` page is fresh anonymous `PROT_NONE` memory holding no page:
+//!    mapping it as `Zero` therefore only needs an `mprotect`.
+//! 4. Pages `[0, ceil(len / page))` may be mapped; every page from there to the
+//!    end of the reservation (the growable rest and the guard) is `Unmapped`.
+//!
+//! Public operations validate their whole argument before any kernel call, so
+//! a rejected call changes nothing.
+
+use crate::error::{Error, Result};
+use crate::frame::{Frame, FrameKind, FrameTag, Protection};
+use crate::page::PageRange;
+use crate::reservation::Reservation;
+use crate::summary::SpaceSummary;
+use crate::sys::{maps, mman, pagemap};
+use crate::table::FrameTable;
+use std::ptr::NonNull;
+
+/// The geometry of a new [`LinearSpace`], in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceConfig {
+    /// How far the memory may grow without moving: a multiple of the host page
+    /// size.
+    pub capacity: u64,
+    /// Inaccessible bytes after the capacity, for bounds-check elision: a
+    /// multiple of the host page size.
+    pub guard: u64,
+    /// Accessible bytes at creation (any size up to `capacity`; the last host
+    /// page is mapped whole).
+    pub initial_len: u64,
+}
+
+/// How a reset zeroes what the guest dirtied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetPolicy {
+    /// Up to this many dirty bytes are zeroed in place with `memset` (they stay
+    /// resident, so the next user takes no page fault on them); dirty pages past
+    /// this budget are dropped with `madvise(MADV_DONTNEED)`.
+    pub keep_resident: u64,
+}
+
+impl Default for ResetPolicy {
+    fn default() -> Self {
+        ResetPolicy { keep_resident: 1 << 20 }
+    }
+}
+
+/// What a reset did, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetReport {
+    /// Dirty bytes found (zeroed or dropped).
+    pub dirty: u64,
+    /// Bytes zeroed in place.
+    pub zeroed_in_place: u64,
+    /// Bytes dropped with `madvise`.
+    pub dropped: u64,
+    /// Whether dirty pages were found with `PAGEMAP_SCAN`; without it the whole
+    /// mapped range is dropped (the kernel's cost is then proportional to the
+    /// page tables that exist).
+    pub scanned: bool,
+}
+
+/// The change [`LinearSpace::commit`] makes to a range.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// Replace the frames with fresh ones: contents are those of the new frame.
+    Map(Frame),
+    /// Keep the frames and their contents; set their protection.
+    Protect(Protection),
+}
+
+/// A linear memory: a reservation that never moves, described by a frame table.
+#[derive(Debug)]
+pub struct LinearSpace {
+    reservation: Reservation,
+    table: FrameTable,
+    capacity: u64,
+    guard: u64,
+    len: u64,
+    page: u64,
+}
+
+impl LinearSpace {
+    /// Reserves `config.capacity + config.guard` bytes and makes the first
+    /// `config.initial_len` of them accessible, zero-filled and read-write.
+    pub fn new(config: SpaceConfig) -> Result<LinearSpace> {
+        let page = crate::host_page_size() as u64;
+        for (what, value) in [("capacity", config.capacity), ("guard size", config.guard)] {
+            if value % page != 0 {
+                return Err(Error::InvalidSize { what, value, reason: "must be a multiple of the host page size" });
+            }
+        }
+        if config.initial_len > config.capacity {
+            return Err(Error::CapacityExceeded { requested: config.initial_len, capacity: config.capacity });
+        }
+        let total = config
+            .capacity
+            .checked_add(config.guard)
+            .filter(|&t| t <= isize::MAX as u64)
+            .ok_or(Error::Overflow { start: config.capacity, len: config.guard })?;
+        if total == 0 {
+            return Err(Error::InvalidSize { what: "reservation size", value: 0, reason: "capacity plus guard must be non-zero" });
+        }
+        let reservation = Reservation::new(total as usize)?;
+        let mut space = LinearSpace {
+            reservation,
+            table: FrameTable::new(total / page, Frame::UNMAPPED),
+            capacity: config.capacity,
+            guard: config.guard,
+            len: 0,
+            page,
+        };
+        space.grow_to(config.initial_len)?;
+        Ok(space)
+    }
+
+    /// The first byte of the memory; it never changes.
+    pub fn base(&self) -> NonNull<u8> {
+        self.reservation.base()
+    }
+
+    /// Accessible bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no byte is accessible.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the memory may grow to without moving.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Inaccessible bytes after the capacity.
+    pub fn guard(&self) -> u64 {
+        self.guard
+    }
+
+    /// The frame table (read-only: changes go through this type's methods).
+    pub fn table(&self) -> &FrameTable {
+        &self.table
+    }
+
+    /// The pages that may be mapped: `[0, ceil(len / page))`.
+    pub fn accessible_pages(&self) -> PageRange {
+        PageRange::new(0, self.len.div_ceil(self.page))
+    }
+
+    /// Grows the accessible size to `new_len` bytes; new pages are zero and
+    /// read-write. Never moves the memory.
+    pub fn grow_to(&mut self, new_len: u64) -> Result<()> {
+        if new_len < self.len {
+            return Err(Error::Shrink { current: self.len, requested: new_len });
+        }
+        if new_len > self.capacity {
+            return Err(Error::CapacityExceeded { requested: new_len, capacity: self.capacity });
+        }
+        let old = self.accessible_pages();
+        let new = PageRange::new(old.end, new_len.div_ceil(self.page));
+        self.commit(new, Change::Map(Frame::zero(Protection::ReadWrite)))?;
+        self.len = new_len;
+        Ok(())
+    }
+
+    /// Sets the protection of the page-aligned range `offset..offset + len`,
+    /// keeping its contents. Refused if the range holds `Unmapped` frames.
+    pub fn protect(&mut self, offset: u64, len: u64, prot: Protection) -> Result<()> {
+        let range = self.page_range(offset, len)?;
+        self.commit(range, Change::Protect(prot))
+    }
+
+    /// Discards the contents of the page-aligned range `offset..offset + len`:
+    /// zero pages read zero again, image pages become zero pages, unmapped
+    /// pages stay as they are. Refused (with nothing changed) if the range
+    /// holds `Shared` frames, which the host owns.
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        let range = self.page_range(offset, len)?;
+        if let Some((run, frame)) = self.table.runs_in(range).find(|(_, f)| f.tag() == FrameTag::Shared) {
+            return Err(self.wrong_frames("discard", frame.tag(), run));
+        }
+        let runs: Vec<_> = self.table.runs_in(range).collect();
+        let mut stretch: Option<PageRange> = None;
+        for (run, frame) in runs {
+            match frame.kind() {
+                FrameKind::Unmapped | FrameKind::Zero => {
+                    stretch = Some(stretch.map_or(run, |s| PageRange::new(s.start, run.end)));
+                }
+                FrameKind::Image { .. } => {
+                    if let Some(s) = stretch.take() {
+                        self.drop_pages(s)?;
+                    }
+                    self.commit(run, Change::Map(Frame::zero(frame.prot())))?;
+                }
+                FrameKind::Shared { .. } => return Err(self.wrong_frames("discard", FrameTag::Shared, run)),
+            }
+        }
+        match stretch {
+            Some(s) => self.drop_pages(s),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the memory. Refused if any
+    /// of them is not readable.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_access(offset, buf.len() as u64, "read", Protection::readable)?;
+        // SAFETY: `check_access` proved the bytes lie inside the reservation on
+        // readable frames (invariant 1: the kernel agrees), and `buf` is a
+        // distinct Rust allocation, so the copy neither faults nor overlaps.
+        unsafe { std::ptr::copy_nonoverlapping(self.base().as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` into the memory at `offset`. Refused if any target byte is
+    /// not writable.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_access(offset, data.len() as u64, "write", Protection::writable)?;
+        // SAFETY: as in `read`, with writable frames; `&mut self` means no
+        // other host access through this space runs concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().as_ptr().add(offset as usize), data.len()) };
+        Ok(())
+    }
+
+    /// Zeroes what the guest dirtied and restores the initial layout for a
+    /// memory of `len` bytes: `[0, len)` zero and read-write, the rest unmapped.
+    /// Costs time proportional to the dirty pages (see [`ResetReport`]).
+    pub fn reset(&mut self, len: u64, policy: ResetPolicy) -> Result<ResetReport> {
+        let report = self.zero_dirty(policy)?;
+        self.restore_layout(len)?;
+        Ok(report)
+    }
+
+    /// Brings every page's contents back to its frame's initial contents
+    /// (zero for `Zero` frames, the image's bytes for `Image` frames), leaving
+    /// the layout and `Shared` frames as they are.
+    pub fn zero_dirty(&mut self, policy: ResetPolicy) -> Result<ResetReport> {
+        let accessible = self.accessible_pages();
+        let mut report = ResetReport::default();
+        let mut dirty: Vec<PageRange> = Vec::new();
+        let (start, end) = (self.addr_of(accessible.start) as usize, self.addr_of(accessible.end) as usize);
+        if pagemap::scan_supported()
+            && pagemap::scan(start, end, pagemap::Query::Dirty, |s, e| {
+                dirty.push(PageRange::new(self.page_of(s), self.page_of(e)));
+            })
+            .is_ok()
+        {
+            report.scanned = true;
+        } else {
+            dirty = vec![accessible];
+        }
+        let mut budget = if report.scanned { policy.keep_resident / self.page } else { 0 };
+        let mut to_drop: Vec<PageRange> = Vec::new();
+        for region in dirty {
+            for (run, frame) in self.table.runs_in(region) {
+                match frame.kind() {
+                    FrameKind::Unmapped | FrameKind::Shared { .. } => continue,
+                    FrameKind::Zero if frame.prot().writable() && budget > 0 => {
+                        let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
+                        budget -= in_place.len();
+                        // SAFETY: `in_place` is a read-write Zero run of this
+                        // reservation (table == kernel by invariant 1), and
+                        // `&mut self` excludes concurrent host access.
+                        unsafe { std::ptr::write_bytes(self.addr_of(in_place.start), 0, (in_place.len() * self.page) as usize) };
+                        report.zeroed_in_place += in_place.len() * self.page;
+                        push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
+                    }
+                    FrameKind::Zero | FrameKind::Image { .. } => push_coalesced(&mut to_drop, run),
+                }
+                if report.scanned {
+                    report.dirty += run.len() * self.page;
+                }
+            }
+        }
+        for range in to_drop {
+            self.drop_pages(range)?;
+            report.dropped += range.len() * self.page;
+        }
+        Ok(report)
+    }
+
+    /// Sets the layout of a fresh memory of `len` bytes: `[0, len)` zero and
+    /// read-write (keeping contents of pages already `Zero`), the rest
+    /// unmapped. Callers zero contents first ([`LinearSpace::zero_dirty`]).
+    pub fn restore_layout(&mut self, len: u64) -> Result<()> {
+        if len > self.capacity {
+            return Err(Error::CapacityExceeded { requested: len, capacity: self.capacity });
+        }
+        let old = self.accessible_pages();
+        let new = PageRange::new(0, len.div_ceil(self.page));
+        self.commit(PageRange::new(new.end, old.end), Change::Map(Frame::UNMAPPED))?;
+        let rw = Frame::zero(Protection::ReadWrite);
+        let wrong: Vec<_> = self.table.runs_in(new).filter(|&(_, f)| f != rw).collect();
+        for (run, frame) in wrong {
+            match frame.kind() {
+                FrameKind::Zero => self.commit(run, Change::Protect(Protection::ReadWrite))?,
+                FrameKind::Unmapped | FrameKind::Image { .. } | FrameKind::Shared { .. } => self.commit(run, Change::Map(rw))?,
+            }
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Compares the frame table with `/proc/self/maps` over the whole
+    /// reservation: same protections, anonymous where the table says so, no
+    /// hole. Used by tests and fuzzing.
+    pub fn validate(&self) -> Result<()> {
+        self.table.check().map_err(|detail| Error::Diverged { start: 0, end: self.total(), detail })?;
+        let base = self.base().as_ptr() as usize;
+        let end = base + self.total() as usize;
+        let vmas = maps::vmas_in(base, end).map_err(|source| Error::Kernel {
+            syscall: "read /proc/self/maps",
+            start: 0,
+            end: self.total(),
+            source,
+        })?;
+        let mut actual: Vec<(u64, u64, [u8; 4], bool)> = Vec::new();
+        for vma in vmas {
+            let (s, e) = (vma.start.max(base) - base, vma.end.min(end) - base);
+            push_segment(&mut actual, (s as u64, e as u64, vma.perms, vma.inode == 0));
+        }
+        let mut expected: Vec<(u64, u64, [u8; 4], bool)> = Vec::new();
+        for (run, frame) in self.table.runs() {
+            let (r, w) = (frame.prot().readable(), frame.prot().writable());
+            let (shared, anon) = match frame.kind() {
+                FrameKind::Unmapped | FrameKind::Zero => (false, true),
+                FrameKind::Image { .. } => (false, false),
+                FrameKind::Shared { .. } => (true, false),
+            };
+            let perms = [if r { b'r' } else { b'-' }, if w { b'w' } else { b'-' }, b'-', if shared { b's' } else { b'p' }];
+            push_segment(&mut expected, (run.start * self.page, run.end * self.page, perms, anon));
+        }
+        for (i, want) in expected.iter().enumerate() {
+            let got = actual.get(i);
+            if got != Some(want) {
+                let describe = |s: Option<&(u64, u64, [u8; 4], bool)>| match s {
+                    Some((a, b, p, anon)) => {
+                        format!("{a:#x}..{b:#x} {} {}", String::from_utf8_lossy(p), if *anon { "anon" } else { "file" })
+                    }
+                    None => "nothing".to_string(),
+                };
+                return Err(Error::Diverged {
+                    start: want.0,
+                    end: want.1,
+                    detail: format!("table says {}, kernel has {}", describe(Some(want)), describe(got)),
+                });
+            }
+        }
+        if actual.len() != expected.len() {
+            return Err(Error::Diverged { start: 0, end: self.total(), detail: "kernel has extra mappings".into() });
+        }
+        Ok(())
+    }
+
+    /// Runs, mapped bytes and resident bytes per frame tag.
+    pub fn summary(&self) -> Result<SpaceSummary> {
+        let mut summary = SpaceSummary {
+            base: self.base().as_ptr() as usize,
+            len: self.len,
+            capacity: self.capacity,
+            guard: self.guard,
+            runs: [0; 4],
+            bytes: [0; 4],
+            resident: [0; 4],
+        };
+        for (run, frame) in self.table.runs() {
+            let tag = frame.tag().index();
+            summary.runs[tag] += 1;
+            summary.bytes[tag] += run.len() * self.page;
+            let resident = match frame.kind() {
+                FrameKind::Unmapped => 0,
+                FrameKind::Zero | FrameKind::Image { .. } | FrameKind::Shared { .. } => self.resident_bytes(run)?,
+            };
+            summary.resident[tag] += resident;
+        }
+        Ok(summary)
+    }
+
+    /// The one place mappings change (module invariants 1-3).
+    fn commit(&mut self, range: PageRange, change: Change) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let (addr, len) = (self.addr_of(range.start), (range.len() * self.page) as usize);
+        let kernel = |syscall, source| Error::Kernel {
+            syscall,
+            start: range.start * self.page,
+            end: range.end * self.page,
+            source,
+        };
+        match change {
+            Change::Map(frame) => {
+                match frame.kind() {
+                    FrameKind::Unmapped => {
+                        // SAFETY: `range` lies inside the reservation this space
+                        // owns; no Rust reference points into guest memory.
+                        unsafe { mman::replace_with_zero(addr, len, Protection::None) }.map_err(|e| kernel("mmap", e))?;
+                    }
+                    FrameKind::Zero if self.table.runs_in(range).all(|(_, f)| f.tag() == FrameTag::Unmapped) => {
+                        // SAFETY: as above; the pages are fresh anonymous
+                        // memory (invariant 3), so protecting them is mapping
+                        // zero pages.
+                        unsafe { mman::protect(addr, len, frame.prot()) }.map_err(|e| kernel("mprotect", e))?;
+                    }
+                    FrameKind::Zero => {
+                        // SAFETY: as above.
+                        unsafe { mman::replace_with_zero(addr, len, frame.prot()) }.map_err(|e| kernel("mmap", e))?;
+                    }
+                    FrameKind::Image { image: id, .. } | FrameKind::Shared { buffer: id, .. } => {
+                        return Err(Error::UnknownBacking { id: id.0 });
+                    }
+                }
+                self.table.set(range, frame);
+            }
+            Change::Protect(prot) => {
+                if let Some((run, _)) = self.table.runs_in(range).find(|(_, f)| f.tag() == FrameTag::Unmapped) {
+                    return Err(self.wrong_frames("protect", FrameTag::Unmapped, run));
+                }
+                // SAFETY: as above; every page in the range is mapped.
+                unsafe { mman::protect(addr, len, prot) }.map_err(|e| kernel("mprotect", e))?;
+                let runs: Vec<_> = self.table.runs_in(range).collect();
+                for (run, frame) in runs {
+                    if let Some(frame) = frame.with_prot(prot) {
+                        self.table.set(run, frame);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `madvise(MADV_DONTNEED)` on `range`: contents only, mappings unchanged.
+    fn drop_pages(&self, range: PageRange) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `range` lies inside the reservation; dropping pages changes
+        // contents, never mappings, so the table stays equal to the kernel.
+        unsafe { mman::discard(self.addr_of(range.start), (range.len() * self.page) as usize) }.map_err(|source| {
+            Error::Kernel { syscall: "madvise", start: range.start * self.page, end: range.end * self.page, source }
+        })
+    }
+
+    fn resident_bytes(&self, run: PageRange) -> Result<u64> {
+        let (start, end) = (self.addr_of(run.start) as usize, self.addr_of(run.end) as usize);
+        let kernel = |source| Error::Kernel {
+            syscall: "read /proc/self/pagemap",
+            start: run.start * self.page,
+            end: run.end * self.page,
+            source,
+        };
+        if pagemap::scan_supported() {
+            let mut bytes = 0u64;
+            pagemap::scan(start, end, pagemap::Query::Resident, |s, e| bytes += (e - s) as u64).map_err(kernel)?;
+            Ok(bytes)
+        } else {
+            Ok(pagemap::count_present_by_entries(start, end).map_err(kernel)? * self.page)
+        }
+    }
+
+    /// Checks that `offset..offset + len` is page aligned and inside the
+    /// accessible pages, and converts it to pages.
+    fn page_range(&self, offset: u64, len: u64) -> Result<PageRange> {
+        let end = offset.checked_add(len).ok_or(Error::Overflow { start: offset, len })?;
+        if offset % self.page != 0 || len % self.page != 0 {
+            return Err(Error::Misaligned { start: offset, len, page_size: self.page as usize });
+        }
+        let accessible = self.accessible_pages().end * self.page;
+        if end > accessible {
+            return Err(Error::OutOfBounds { start: offset, end, accessible });
+        }
+        Ok(PageRange::new(offset / self.page, end / self.page))
+    }
+
+    fn check_access(&self, offset: u64, len: u64, operation: &'static str, allowed: fn(Protection) -> bool) -> Result<()> {
+        let end = offset.checked_add(len).ok_or(Error::Overflow { start: offset, len })?;
+        if end > self.len {
+            return Err(Error::OutOfBounds { start: offset, end, accessible: self.len });
+        }
+        let pages = PageRange::new(offset / self.page, end.div_ceil(self.page));
+        match self.table.runs_in(pages).find(|(_, f)| !allowed(f.prot())) {
+            Some((run, frame)) => Err(Error::Protected {
+                operation,
+                prot: frame.prot(),
+                start: run.start * self.page,
+                end: run.end * self.page,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn wrong_frames(&self, operation: &'static str, tag: FrameTag, run: PageRange) -> Error {
+        Error::WrongFrames { operation, tag, start: run.start * self.page, end: run.end * self.page }
+    }
+
+    fn total(&self) -> u64 {
+        self.capacity + self.guard
+    }
+
+    fn addr_of(&self, page: u64) -> *mut u8 {
+        self.base().as_ptr().wrapping_add((page * self.page) as usize)
+    }
+
+    fn page_of(&self, addr: usize) -> u64 {
+        (addr - self.base().as_ptr() as usize) as u64 / self.page
+    }
+}
+
+fn push_coalesced(ranges: &mut Vec<PageRange>, range: PageRange) {
+    if range.is_empty() {
+        return;
+    }
+    match ranges.last_mut() {
+        Some(last) if last.end == range.start => last.end = range.end,
+        _ => ranges.push(range),
+    }
+}
+
+/// Appends a `(start, end, perms, anonymous)` segment, merging it into the
+/// previous one when the kernel could have merged the two mappings.
+fn push_segment(segments: &mut Vec<(u64, u64, [u8; 4], bool)>, segment: (u64, u64, [u8; 4], bool)) {
+    match segments.last_mut() {
+        Some(last) if last.1 == segment.0 && last.2 == segment.2 && last.3 && segment.3 => last.1 = segment.1,
+        _ => segments.push(segment),
+    }
+}

@@ -1,0 +1,101 @@
+//! Address-space calls: reserve, replace, protect, discard and release ranges.
+//!
+//! Every function takes a raw address range. The caller guarantees that the
+//! range lies inside a reservation it owns (so no other Rust object lives
+//! there) and is host-page aligned; under that precondition replacing,
+//! protecting or discarding the range cannot invalidate any Rust reference.
+
+use crate::frame::Protection;
+use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
+use std::ffi::c_void;
+use std::io;
+use std::ptr::NonNull;
+
+fn prot_flags(prot: Protection) -> ProtFlags {
+    match prot {
+        Protection::None => ProtFlags::empty(),
+        Protection::Read => ProtFlags::READ,
+        Protection::ReadWrite => ProtFlags::READ | ProtFlags::WRITE,
+    }
+}
+
+fn mprotect_flags(prot: Protection) -> MprotectFlags {
+    match prot {
+        Protection::None => MprotectFlags::empty(),
+        Protection::Read => MprotectFlags::READ,
+        Protection::ReadWrite => MprotectFlags::READ | MprotectFlags::WRITE,
+    }
+}
+
+/// Reserves `len` bytes of inaccessible, unbacked address space anywhere.
+pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a non-fixed anonymous mapping at a kernel-chosen address cannot
+    // overlap any existing object; the new range belongs to the caller alone.
+    let ptr = unsafe {
+        mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }?;
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
+}
+
+/// Replaces `[addr, addr + len)` with fresh zero-filled anonymous memory of
+/// protection `prot`, in one `mmap(MAP_FIXED)`: a concurrent reader sees the
+/// old page or the new one, never a hole.
+///
+/// # Safety
+/// `[addr, addr + len)` must lie inside a reservation owned by the caller,
+/// with no live Rust reference into it.
+pub(crate) unsafe fn replace_with_zero(addr: *mut u8, len: usize, prot: Protection) -> io::Result<()> {
+    // SAFETY: the caller owns the range (function contract); MAP_FIXED over it
+    // only replaces pages of that reservation.
+    unsafe {
+        mm::mmap_anonymous(
+            addr.cast::<c_void>(),
+            len,
+            prot_flags(prot),
+            MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+        )
+    }?;
+    Ok(())
+}
+
+/// Changes the protection of `[addr, addr + len)`, keeping its contents.
+///
+/// # Safety
+/// As [`replace_with_zero`].
+pub(crate) unsafe fn protect(addr: *mut u8, len: usize, prot: Protection) -> io::Result<()> {
+    // SAFETY: the caller owns the range (function contract).
+    unsafe { mm::mprotect(addr.cast::<c_void>(), len, mprotect_flags(prot)) }?;
+    Ok(())
+}
+
+/// Drops the private pages of `[addr, addr + len)`: anonymous pages read back
+/// as zero, private file pages as the file's bytes.
+///
+/// # Safety
+/// As [`replace_with_zero`].
+pub(crate) unsafe fn discard(addr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the range (function contract); dropping pages
+    // does not change the mapping, only its contents.
+    unsafe { mm::madvise(addr.cast::<c_void>(), len, Advice::LinuxDontNeed) }?;
+    Ok(())
+}
+
+/// Releases `[addr, addr + len)` back to the kernel.
+///
+/// # Safety
+/// The caller must own the whole range, and nothing may use it afterwards.
+pub(crate) unsafe fn release(addr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the range and gives it up (function contract).
+    unsafe { mm::munmap(addr.cast::<c_void>(), len) }?;
+    Ok(())
+}
+
+/// The host page size, in bytes.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}

@@ -1,0 +1,13 @@
+//! Every system call framemap makes lives below this module.
+//!
+//! The rest of the crate works in terms of page ranges and frames; this module
+//! turns those into `mmap`, `mprotect`, `madvise`, `munmap` and the
+//! `PAGEMAP_SCAN` ioctl through `rustix`. Each `unsafe` block states why the
+//! call cannot break memory safety: the address ranges passed in here always
+//! lie inside a reservation that the caller owns exclusively (see
+//! [`crate::Reservation`]), which is the single precondition all the raw
+//! functions below rely on.
+
+pub(crate) mod maps;
+pub(crate) mod mman;
+pub(crate) mod pagemap;

@@ -1,0 +1,205 @@
+//! `/proc/self/pagemap`: which pages of a range the guest dirtied or keeps resident.
+//!
+//! On Linux 6.7 and later the `PAGEMAP_SCAN` ioctl reports whole runs of
+//! matching pages, so a query costs time proportional to the page tables that
+//! exist, not to the size of the range. Support is probed once at run time;
+//! without it callers fall back (resets drop the whole range, statistics read
+//! one pagemap entry per page).
+//!
+//! The pagemap file is opened once per process and reopened after a `fork`
+//! (detected by a change of pid), so a child never reads its parent's map.
+
+use rustix::ioctl::{Ioctl, IoctlOutput, Opcode, opcode};
+use std::ffi::c_void;
+use std::fs::File;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, OnceLock};
+
+/// The page categories of `PAGEMAP_SCAN` (`include/uapi/linux/fs.h`).
+mod category {
+    pub(super) const FILE: u64 = 1 << 2;
+    pub(super) const PRESENT: u64 = 1 << 3;
+    pub(super) const SWAPPED: u64 = 1 << 4;
+    pub(super) const PFNZERO: u64 = 1 << 5;
+}
+
+/// What a scan looks for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Query {
+    /// Pages whose contents may differ from what the mapping would read back
+    /// after a discard: private pages that are present or swapped out, and are
+    /// neither the shared zero page nor an unmodified file page.
+    Dirty,
+    /// Pages that occupy memory: present and not the shared zero page.
+    Resident,
+}
+
+impl Query {
+    /// `(category_mask, category_inverted, category_anyof_mask)`.
+    fn masks(self) -> (u64, u64, u64) {
+        use category::*;
+        match self {
+            Query::Dirty => (PFNZERO | FILE, PFNZERO | FILE, PRESENT | SWAPPED),
+            Query::Resident => (PRESENT | PFNZERO, PFNZERO, 0),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// One `PAGEMAP_SCAN` call: the argument block plus the region buffer it fills.
+struct Scan<'a> {
+    arg: PmScanArg,
+    _regions: std::marker::PhantomData<&'a mut [MaybeUninit<PageRegion>]>,
+}
+
+// SAFETY: the opcode is `_IOWR('f', 16, struct pm_scan_arg)`, the argument is
+// a correctly laid out `pm_scan_arg` whose `vec`/`vec_len` describe a buffer
+// borrowed for the lifetime `'a`, and the kernel writes only `walk_end` and at
+// most `vec_len` regions into that buffer.
+unsafe impl Ioctl for Scan<'_> {
+    type Output = (usize, u64);
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        opcode::read_write::<PmScanArg>(b'f', 16)
+    }
+
+    fn as_ptr(&mut self) -> *mut c_void {
+        (&raw mut self.arg).cast()
+    }
+
+    unsafe fn output_from_ptr(out: IoctlOutput, arg: *mut c_void) -> rustix::io::Result<(usize, u64)> {
+        // SAFETY: `arg` is the `PmScanArg` handed out by `as_ptr` (trait contract).
+        let walk_end = unsafe { (*arg.cast::<PmScanArg>()).walk_end };
+        let count = usize::try_from(out).map_err(|_| rustix::io::Errno::INVAL)?;
+        Ok((count, walk_end))
+    }
+}
+
+struct PagemapFile {
+    pid: rustix::process::Pid,
+    file: File,
+}
+
+static PAGEMAP: Mutex<Option<PagemapFile>> = Mutex::new(None);
+
+fn with_pagemap<T>(f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
+    let pid = rustix::process::getpid();
+    let mut slot = PAGEMAP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if slot.as_ref().is_none_or(|open| open.pid != pid) {
+        *slot = Some(PagemapFile { pid, file: File::open("/proc/self/pagemap")? });
+    }
+    match slot.as_ref() {
+        Some(open) => f(&open.file),
+        None => Err(io::Error::other("pagemap file not open")),
+    }
+}
+
+/// Whether this kernel supports `PAGEMAP_SCAN` (probed once).
+pub(crate) fn scan_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let probe = [0u8; 1];
+        let addr = probe.as_ptr() as usize;
+        let page = super::mman::page_size();
+        let start = addr & !(page - 1);
+        scan(start, start + page, Query::Resident, |_, _| {}).is_ok()
+    })
+}
+
+/// Reports every run of pages in `[start, end)` that matches `query`, in
+/// address order, as `visit(run_start, run_end)`. `start` and `end` must be
+/// page aligned. Only reads page tables: no memory is touched.
+pub(crate) fn scan(start: usize, end: usize, query: Query, mut visit: impl FnMut(usize, usize)) -> io::Result<()> {
+    const REGIONS: usize = 64;
+    let (mask, inverted, anyof) = query.masks();
+    let mut regions = [MaybeUninit::<PageRegion>::uninit(); REGIONS];
+    let mut cursor = start as u64;
+    let end = end as u64;
+    with_pagemap(|file| {
+        while cursor < end {
+            let scan = Scan {
+                arg: PmScanArg {
+                    size: size_of::<PmScanArg>() as u64,
+                    flags: 0,
+                    start: cursor,
+                    end,
+                    walk_end: 0,
+                    vec: regions.as_mut_ptr() as u64,
+                    vec_len: REGIONS as u64,
+                    max_pages: 0,
+                    category_inverted: inverted,
+                    category_mask: mask,
+                    category_anyof_mask: anyof,
+                    return_mask: 0,
+                },
+                _regions: std::marker::PhantomData,
+            };
+            // SAFETY: see the `Ioctl` impl of `Scan`; the fd is the pagemap
+            // of this very process, which the ioctl only reads.
+            let (count, walk_end) = unsafe { rustix::ioctl::ioctl(file, scan) }?;
+            for region in &regions[..count.min(REGIONS)] {
+                // SAFETY: the kernel initialised the first `count` entries.
+                let region = unsafe { region.assume_init() };
+                visit(region.start as usize, region.end as usize);
+            }
+            if walk_end <= cursor {
+                return Err(io::Error::other("PAGEMAP_SCAN made no progress"));
+            }
+            cursor = walk_end;
+        }
+        Ok(())
+    })
+}
+
+/// Counts the resident pages of `[start, end)` the slow way, one pagemap
+/// entry per page (bit 63: present), for kernels without `PAGEMAP_SCAN`.
+/// The shared zero page is counted too: the entry does not tell it apart
+/// without privileges.
+pub(crate) fn count_present_by_entries(start: usize, end: usize) -> io::Result<u64> {
+    let page = super::mman::page_size();
+    let mut count = 0u64;
+    let mut buf = vec![0u8; 8 * 512];
+    let mut addr = start;
+    with_pagemap(|file| {
+        while addr < end {
+            let pages = ((end - addr) / page).min(512);
+            let bytes = &mut buf[..pages * 8];
+            file.read_exact_at(bytes, (addr / page * 8) as u64)?;
+            for entry in bytes.chunks_exact(8) {
+                let entry = u64::from_le_bytes(entry.try_into().unwrap_or_default());
+                if entry & (1 << 63) != 0 {
+                    count += 1;
+                }
+            }
+            addr += pages * page;
+        }
+        Ok(count)
+    })
+}
