@@ -79,13 +79,13 @@ impl CreatorShared {
     /// slot if one is idle, a new reservation otherwise.
     fn acquire(&self, key: SlotKey, minimum: u64) -> Result<LinearSpace> {
         let recycled = lock(&self.pool).take(key);
-        if let Some(mut space) = recycled {
-            if space.restore_layout(minimum).is_ok() {
-                self.reused.fetch_add(1, Ordering::Relaxed);
-                return Ok(space);
-            }
-            // A slot that cannot be laid out is dropped (its reservation is
-            // released) and a new one is made instead.
+        // A slot that cannot be laid out is dropped (its reservation is
+        // released) and a new one is made instead.
+        if let Some(mut space) = recycled
+            && space.restore_layout(minimum).is_ok()
+        {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(space);
         }
         let space = LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len: minimum })
             .map_err(|source| Error::Create { minimum, reserved: key.capacity, guard: key.guard, source })?;

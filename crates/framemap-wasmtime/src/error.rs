@@ -6,9 +6,7 @@
 #[non_exhaustive]
 pub enum Error {
     /// wasmtime asked for a memory framemap cannot create.
-    #[error(
-        "cannot create a memory of {minimum:#x} bytes (reservation {reserved:#x}, guard {guard:#x}): {source}"
-    )]
+    #[error("cannot create a memory of {minimum:#x} bytes (reservation {reserved:#x}, guard {guard:#x}): {source}")]
     Create {
         /// Initial size asked for.
         minimum: u64,

@@ -69,9 +69,9 @@ unsafe impl wasmtime::LinearMemory for FrameMemory {
         let Some(space) = guard.as_mut() else {
             return Err(wasmtime::Error::new(Error::NotFramemap { base: self.live.base }));
         };
-        space
-            .grow_to(new_size as u64)
-            .map_err(|source| wasmtime::Error::new(Error::Grow { base: self.live.base, requested: new_size as u64, source }))?;
+        space.grow_to(new_size as u64).map_err(|source| {
+            wasmtime::Error::new(Error::Grow { base: self.live.base, requested: new_size as u64, source })
+        })?;
         self.len = new_size;
         Ok(())
     }

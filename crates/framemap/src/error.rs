@@ -48,7 +48,9 @@ pub enum Error {
         accessible: u64,
     },
     /// Growth past the reservation: framemap memories never move.
-    #[error("cannot grow to {requested:#x} bytes: the reservation holds {capacity:#x} bytes and a framemap memory never moves")]
+    #[error(
+        "cannot grow to {requested:#x} bytes: the reservation holds {capacity:#x} bytes and a framemap memory never moves"
+    )]
     CapacityExceeded {
         /// The size asked for.
         requested: u64,

@@ -145,7 +145,9 @@ impl Frame {
     pub fn with_prot(self, prot: Protection) -> Option<Frame> {
         match self.kind {
             FrameKind::Unmapped => None,
-            FrameKind::Zero | FrameKind::Image { .. } | FrameKind::Shared { .. } => Some(Frame { kind: self.kind, prot }),
+            FrameKind::Zero | FrameKind::Image { .. } | FrameKind::Shared { .. } => {
+                Some(Frame { kind: self.kind, prot })
+            }
         }
     }
 

@@ -27,14 +27,19 @@ impl Reservation {
     /// inaccessible address space that commits no memory.
     pub fn new(len: usize) -> Result<Reservation> {
         let page = crate::host_page_size();
-        if len == 0 || len % page != 0 {
+        if len == 0 || !len.is_multiple_of(page) {
             return Err(Error::InvalidSize {
                 what: "reservation size",
                 value: len as u64,
                 reason: "must be a non-zero multiple of the host page size",
             });
         }
-        let base = mman::reserve(len).map_err(|source| Error::Kernel { syscall: "mmap", start: 0, end: len as u64, source })?;
+        let base = mman::reserve(len).map_err(|source| Error::Kernel {
+            syscall: "mmap",
+            start: 0,
+            end: len as u64,
+            source,
+        })?;
         Ok(Reservation { base, len })
     }
 

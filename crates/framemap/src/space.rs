@@ -46,11 +46,15 @@ pub struct ResetPolicy {
     /// resident, so the next user takes no page fault on them); dirty pages past
     /// this budget are dropped with `madvise(MADV_DONTNEED)`.
     pub keep_resident: u64,
+    /// Find dirty pages with `PAGEMAP_SCAN` where the kernel has it (the
+    /// default). When false, or on kernels without it, a reset drops every
+    /// mapped page with one `madvise` per run instead.
+    pub scan_dirty: bool,
 }
 
 impl Default for ResetPolicy {
     fn default() -> Self {
-        ResetPolicy { keep_resident: 1 << 20 }
+        ResetPolicy { keep_resident: 1 << 20, scan_dirty: true }
     }
 }
 
@@ -95,7 +99,7 @@ impl LinearSpace {
     pub fn new(config: SpaceConfig) -> Result<LinearSpace> {
         let page = crate::host_page_size() as u64;
         for (what, value) in [("capacity", config.capacity), ("guard size", config.guard)] {
-            if value % page != 0 {
+            if !value.is_multiple_of(page) {
                 return Err(Error::InvalidSize { what, value, reason: "must be a multiple of the host page size" });
             }
         }
@@ -108,7 +112,11 @@ impl LinearSpace {
             .filter(|&t| t <= isize::MAX as u64)
             .ok_or(Error::Overflow { start: config.capacity, len: config.guard })?;
         if total == 0 {
-            return Err(Error::InvalidSize { what: "reservation size", value: 0, reason: "capacity plus guard must be non-zero" });
+            return Err(Error::InvalidSize {
+                what: "reservation size",
+                value: 0,
+                reason: "capacity plus guard must be non-zero",
+            });
         }
         let reservation = Reservation::new(total as usize)?;
         let mut space = LinearSpace {
@@ -219,7 +227,9 @@ impl LinearSpace {
         // SAFETY: `check_access` proved the bytes lie inside the reservation on
         // readable frames (invariant 1: the kernel agrees), and `buf` is a
         // distinct Rust allocation, so the copy neither faults nor overlaps.
-        unsafe { std::ptr::copy_nonoverlapping(self.base().as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base().as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len())
+        };
         Ok(())
     }
 
@@ -250,7 +260,8 @@ impl LinearSpace {
         let mut report = ResetReport::default();
         let mut dirty: Vec<PageRange> = Vec::new();
         let (start, end) = (self.addr_of(accessible.start) as usize, self.addr_of(accessible.end) as usize);
-        if pagemap::scan_supported()
+        if policy.scan_dirty
+            && pagemap::scan_supported()
             && pagemap::scan(start, end, pagemap::Query::Dirty, |s, e| {
                 dirty.push(PageRange::new(self.page_of(s), self.page_of(e)));
             })
@@ -272,7 +283,13 @@ impl LinearSpace {
                         // SAFETY: `in_place` is a read-write Zero run of this
                         // reservation (table == kernel by invariant 1), and
                         // `&mut self` excludes concurrent host access.
-                        unsafe { std::ptr::write_bytes(self.addr_of(in_place.start), 0, (in_place.len() * self.page) as usize) };
+                        unsafe {
+                            std::ptr::write_bytes(
+                                self.addr_of(in_place.start),
+                                0,
+                                (in_place.len() * self.page) as usize,
+                            )
+                        };
                         report.zeroed_in_place += in_place.len() * self.page;
                         push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
                     }
@@ -305,7 +322,9 @@ impl LinearSpace {
         for (run, frame) in wrong {
             match frame.kind() {
                 FrameKind::Zero => self.commit(run, Change::Protect(Protection::ReadWrite))?,
-                FrameKind::Unmapped | FrameKind::Image { .. } | FrameKind::Shared { .. } => self.commit(run, Change::Map(rw))?,
+                FrameKind::Unmapped | FrameKind::Image { .. } | FrameKind::Shared { .. } => {
+                    self.commit(run, Change::Map(rw))?
+                }
             }
         }
         self.len = len;
@@ -338,7 +357,8 @@ impl LinearSpace {
                 FrameKind::Image { .. } => (false, false),
                 FrameKind::Shared { .. } => (true, false),
             };
-            let perms = [if r { b'r' } else { b'-' }, if w { b'w' } else { b'-' }, b'-', if shared { b's' } else { b'p' }];
+            let perms =
+                [if r { b'r' } else { b'-' }, if w { b'w' } else { b'-' }, b'-', if shared { b's' } else { b'p' }];
             push_segment(&mut expected, (run.start * self.page, run.end * self.page, perms, anon));
         }
         for (i, want) in expected.iter().enumerate() {
@@ -405,7 +425,8 @@ impl LinearSpace {
                     FrameKind::Unmapped => {
                         // SAFETY: `range` lies inside the reservation this space
                         // owns; no Rust reference points into guest memory.
-                        unsafe { mman::replace_with_zero(addr, len, Protection::None) }.map_err(|e| kernel("mmap", e))?;
+                        unsafe { mman::replace_with_zero(addr, len, Protection::None) }
+                            .map_err(|e| kernel("mmap", e))?;
                     }
                     FrameKind::Zero if self.table.runs_in(range).all(|(_, f)| f.tag() == FrameTag::Unmapped) => {
                         // SAFETY: as above; the pages are fresh anonymous
@@ -473,7 +494,7 @@ impl LinearSpace {
     /// accessible pages, and converts it to pages.
     fn page_range(&self, offset: u64, len: u64) -> Result<PageRange> {
         let end = offset.checked_add(len).ok_or(Error::Overflow { start: offset, len })?;
-        if offset % self.page != 0 || len % self.page != 0 {
+        if !offset.is_multiple_of(self.page) || !len.is_multiple_of(self.page) {
             return Err(Error::Misaligned { start: offset, len, page_size: self.page as usize });
         }
         let accessible = self.accessible_pages().end * self.page;
@@ -483,7 +504,13 @@ impl LinearSpace {
         Ok(PageRange::new(offset / self.page, end / self.page))
     }
 
-    fn check_access(&self, offset: u64, len: u64, operation: &'static str, allowed: fn(Protection) -> bool) -> Result<()> {
+    fn check_access(
+        &self,
+        offset: u64,
+        len: u64,
+        operation: &'static str,
+        allowed: fn(Protection) -> bool,
+    ) -> Result<()> {
         let end = offset.checked_add(len).ok_or(Error::Overflow { start: offset, len })?;
         if end > self.len {
             return Err(Error::OutOfBounds { start: offset, end, accessible: self.len });

@@ -64,9 +64,10 @@ impl fmt::Display for SpaceSummary {
         for tag in FrameTag::ALL {
             let i = tag.index();
             if self.runs[i] > 0 {
+                let runs = if self.runs[i] == 1 { "run" } else { "runs" };
                 writeln!(
                     f,
-                    "  {:<9}{:>6} runs {:>12} mapped {:>12} resident",
+                    "  {:<9}{:>6} {runs:<5}{:>12} {:>12} resident",
                     tag.to_string(),
                     self.runs[i],
                     human_bytes(self.bytes[i]),

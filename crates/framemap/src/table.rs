@@ -65,11 +65,8 @@ impl FrameTable {
     /// clipped start), in page order.
     pub fn runs_in(&self, range: PageRange) -> impl Iterator<Item = (PageRange, Frame)> + '_ {
         let range = range.intersect(PageRange::new(0, self.pages));
-        let first = if range.is_empty() {
-            None
-        } else {
-            self.runs.range(..=range.start).next_back().map(|(&s, r)| (s, *r))
-        };
+        let first =
+            if range.is_empty() { None } else { self.runs.range(..=range.start).next_back().map(|(&s, r)| (s, *r)) };
         let rest = self
             .runs
             .range(range.start.saturating_add(1)..range.end.max(range.start.saturating_add(1)))

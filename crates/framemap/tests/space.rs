@@ -10,8 +10,12 @@ fn page() -> u64 {
 
 fn space(capacity_pages: u64, guard_pages: u64, initial_pages: u64) -> LinearSpace {
     let p = page();
-    let s = LinearSpace::new(SpaceConfig { capacity: capacity_pages * p, guard: guard_pages * p, initial_len: initial_pages * p })
-        .expect("create space");
+    let s = LinearSpace::new(SpaceConfig {
+        capacity: capacity_pages * p,
+        guard: guard_pages * p,
+        initial_len: initial_pages * p,
+    })
+    .expect("create space");
     s.validate().expect("fresh space validates");
     s
 }
@@ -28,7 +32,10 @@ fn new_space_is_zeroed_read_write_then_unmapped() {
     let s = space(64, 16, 4);
     assert_eq!(s.len(), 4 * p);
     let runs: Vec<_> = s.table().runs().collect();
-    assert_eq!(runs, vec![(PageRange::new(0, 4), Frame::zero(Protection::ReadWrite)), (PageRange::new(4, 80), Frame::UNMAPPED)]);
+    assert_eq!(
+        runs,
+        vec![(PageRange::new(0, 4), Frame::zero(Protection::ReadWrite)), (PageRange::new(4, 80), Frame::UNMAPPED)]
+    );
     assert_eq!(byte(&s, 4 * p - 1), 0);
 }
 
@@ -37,8 +44,14 @@ fn bad_geometry_is_rejected() {
     let p = page();
     let err = |c| LinearSpace::new(c).unwrap_err();
     assert!(matches!(err(SpaceConfig { capacity: 0, guard: 0, initial_len: 0 }), Error::InvalidSize { .. }));
-    assert!(matches!(err(SpaceConfig { capacity: p + 1, guard: 0, initial_len: 0 }), Error::InvalidSize { what: "capacity", .. }));
-    assert!(matches!(err(SpaceConfig { capacity: p, guard: 3, initial_len: 0 }), Error::InvalidSize { what: "guard size", .. }));
+    assert!(matches!(
+        err(SpaceConfig { capacity: p + 1, guard: 0, initial_len: 0 }),
+        Error::InvalidSize { what: "capacity", .. }
+    ));
+    assert!(matches!(
+        err(SpaceConfig { capacity: p, guard: 3, initial_len: 0 }),
+        Error::InvalidSize { what: "guard size", .. }
+    ));
     assert!(matches!(err(SpaceConfig { capacity: p, guard: 0, initial_len: 2 * p }), Error::CapacityExceeded { .. }));
     let huge = u64::MAX - u64::MAX % p;
     assert!(matches!(err(SpaceConfig { capacity: huge, guard: huge, initial_len: 0 }), Error::Overflow { .. }));
@@ -59,7 +72,9 @@ fn grow_maps_zero_pages_without_moving() {
     assert_eq!(byte(&s, 0), 7);
     assert_eq!(byte(&s, 10 * p - 1), 0);
     s.validate().unwrap();
-    assert!(matches!(s.grow_to(65 * p), Err(Error::CapacityExceeded { requested, capacity }) if requested == 65 * p && capacity == 64 * p));
+    assert!(
+        matches!(s.grow_to(65 * p), Err(Error::CapacityExceeded { requested, capacity }) if requested == 65 * p && capacity == 64 * p)
+    );
     assert!(matches!(s.grow_to(p), Err(Error::Shrink { .. })));
     assert_eq!(s.len(), 10 * p, "failed growth changes nothing");
     s.grow_to(64 * p).unwrap();
@@ -154,11 +169,14 @@ fn reset_zeroes_dirty_pages_and_restores_layout() {
     s.grow_to(64 * p).unwrap();
     s.write(40 * p, &[9]).unwrap();
     s.protect(3 * p, p, Protection::Read).unwrap();
-    let report = s.reset(8 * p, ResetPolicy { keep_resident: 4 * p }).unwrap();
+    let report = s.reset(8 * p, ResetPolicy { keep_resident: 4 * p, ..ResetPolicy::default() }).unwrap();
     s.validate().unwrap();
     assert_eq!(s.len(), 8 * p);
     let runs: Vec<_> = s.table().runs().collect();
-    assert_eq!(runs, vec![(PageRange::new(0, 8), Frame::zero(Protection::ReadWrite)), (PageRange::new(8, 272), Frame::UNMAPPED)]);
+    assert_eq!(
+        runs,
+        vec![(PageRange::new(0, 8), Frame::zero(Protection::ReadWrite)), (PageRange::new(8, 272), Frame::UNMAPPED)]
+    );
     for i in 0..8 {
         assert_eq!(byte(&s, i * p + 17), 0, "page {i} zeroed");
     }
@@ -232,4 +250,22 @@ unsafe fn libc_mprotect(addr: *mut u8, len: usize) -> i32 {
         Ok(()) => 0,
         Err(_) => -1,
     }
+}
+
+#[test]
+fn reset_without_a_dirty_scan_drops_everything_and_is_still_correct() {
+    let p = page();
+    let mut s = space(64, 0, 16);
+    for i in 0..16 {
+        s.write(i * p, &[0xcc; 64]).unwrap();
+    }
+    s.protect(2 * p, p, Protection::None).unwrap();
+    let report = s.reset(16 * p, ResetPolicy { scan_dirty: false, ..ResetPolicy::default() }).unwrap();
+    assert!(!report.scanned);
+    assert_eq!((report.zeroed_in_place, report.dropped), (0, 16 * p));
+    for i in 0..16 {
+        assert_eq!(byte(&s, i * p), 0, "page {i}");
+    }
+    assert_eq!(s.summary().unwrap().resident[FrameTag::Zero.index()], 0, "dropped pages are no longer resident");
+    s.validate().unwrap();
 }

@@ -32,12 +32,7 @@ pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: a non-fixed anonymous mapping at a kernel-chosen address cannot
     // overlap any existing object; the new range belongs to the caller alone.
     let ptr = unsafe {
-        mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::empty(),
-            MapFlags::PRIVATE | MapFlags::NORESERVE,
-        )
+        mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE | MapFlags::NORESERVE)
     }?;
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
 }

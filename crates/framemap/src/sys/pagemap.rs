@@ -203,3 +203,32 @@ pub(crate) fn count_present_by_entries(start: usize, end: usize) -> io::Result<u
         Ok(count)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_and_scanned_residency_agree() {
+        let page = crate::sys::mman::page_size();
+        let base = crate::sys::mman::reserve(16 * page).unwrap().as_ptr();
+        // SAFETY: the range was just reserved by this test and nothing else uses it.
+        unsafe { crate::sys::mman::protect(base, 16 * page, crate::frame::Protection::ReadWrite).unwrap() };
+        for i in [0, 3, 4, 15] {
+            // SAFETY: page `i` is inside the read-write range above.
+            unsafe { base.add(i * page).write_volatile(1) };
+        }
+        let (start, end) = (base as usize, base as usize + 16 * page);
+        assert_eq!(count_present_by_entries(start, end).unwrap(), 4);
+        if scan_supported() {
+            let mut runs = Vec::new();
+            scan(start, end, Query::Resident, |s, e| runs.push(((s - start) / page, (e - start) / page))).unwrap();
+            assert_eq!(runs, vec![(0, 1), (3, 5), (15, 16)]);
+            let mut dirty = 0;
+            scan(start, end, Query::Dirty, |s, e| dirty += (e - s) / page).unwrap();
+            assert_eq!(dirty, 4);
+        }
+        // SAFETY: the test owns the range and is done with it.
+        unsafe { crate::sys::mman::release(base, 16 * page).unwrap() };
+    }
+}
