@@ -82,7 +82,7 @@ impl CreatorShared {
         // A slot that cannot be laid out is dropped (its reservation is
         // released) and a new one is made instead.
         if let Some(mut space) = recycled
-            && space.restore_layout(minimum).is_ok()
+            && space.restore_layout(minimum, None).is_ok()
         {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(space);

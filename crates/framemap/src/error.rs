@@ -89,6 +89,23 @@ pub enum Error {
         /// End of the offending run.
         end: u64,
     },
+    /// A file offered as an image backing can shrink under a mapping.
+    #[error(
+        "the file can shrink (it has no F_SEAL_SHRINK seal): mapping it could raise SIGBUS; use Image::copy_of_file"
+    )]
+    CanShrink,
+    /// A range reaches past the end of a backing object.
+    #[error("range {start:#x}..{end:#x} reaches past the end of backing #{id} ({len:#x} bytes)")]
+    PastBacking {
+        /// The backing.
+        id: u64,
+        /// Start of the range, in the backing.
+        start: u64,
+        /// End of the range, in the backing.
+        end: u64,
+        /// The backing's length.
+        len: u64,
+    },
     /// A frame names a backing object this memory does not hold.
     #[error("backing #{id} is not attached to this memory")]
     UnknownBacking {

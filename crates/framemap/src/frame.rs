@@ -32,9 +32,18 @@ impl Protection {
     }
 }
 
-/// Names one backing object (an image or a host-shared buffer) of a memory.
+/// Names one backing object (an image or a host-shared buffer); unique in
+/// the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackingId(pub u64);
+
+impl BackingId {
+    /// A process-wide unique id.
+    pub(crate) fn fresh() -> BackingId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        BackingId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
 
 /// The variant tag of a frame: what backs the page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

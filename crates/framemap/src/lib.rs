@@ -26,6 +26,7 @@
 
 mod error;
 mod frame;
+mod image;
 mod page;
 mod reservation;
 mod space;
@@ -35,6 +36,7 @@ mod table;
 
 pub use error::{Error, Result};
 pub use frame::{BackingId, Frame, FrameKind, FrameTag, Protection};
+pub use image::Image;
 pub use page::{PageRange, host_page_size};
 pub use reservation::Reservation;
 pub use space::{LinearSpace, ResetPolicy, ResetReport, SpaceConfig};

@@ -12,17 +12,21 @@
 //!    mapping it as `Zero` therefore only needs an `mprotect`.
 //! 4. Pages `[0, ceil(len / page))` may be mapped; every page from there to the
 //!    end of the reservation (the growable rest and the guard) is `Unmapped`.
+//! 5. Every `Image` frame names an image the space holds (so its file stays
+//!    open and sealed for as long as it is mapped) and lies inside it.
 //!
 //! Public operations validate their whole argument before any kernel call, so
 //! a rejected call changes nothing.
 
 use crate::error::{Error, Result};
-use crate::frame::{Frame, FrameKind, FrameTag, Protection};
+use crate::frame::{BackingId, Frame, FrameKind, FrameTag, Protection};
+use crate::image::Image;
 use crate::page::PageRange;
 use crate::reservation::Reservation;
 use crate::summary::SpaceSummary;
-use crate::sys::{maps, mman, pagemap};
+use crate::sys::{maps, memfd, mman, pagemap};
 use crate::table::FrameTable;
+use std::collections::HashMap;
 use std::ptr::NonNull;
 
 /// The geometry of a new [`LinearSpace`], in bytes.
@@ -91,6 +95,8 @@ pub struct LinearSpace {
     guard: u64,
     len: u64,
     page: u64,
+    /// Images that frames of this space may name (invariant 5).
+    images: HashMap<BackingId, Image>,
 }
 
 impl LinearSpace {
@@ -126,6 +132,7 @@ impl LinearSpace {
             guard: config.guard,
             len: 0,
             page,
+            images: HashMap::new(),
         };
         space.grow_to(config.initial_len)?;
         Ok(space)
@@ -189,6 +196,30 @@ impl LinearSpace {
         self.commit(range, Change::Protect(prot))
     }
 
+    /// Maps `len` bytes of `image` from `image_offset` at `offset`, copy-on-write,
+    /// with protection `prot`: the guest reads the image's bytes and its writes
+    /// stay private to this memory. All offsets and `len` must be page
+    /// aligned; the range must be inside the accessible pages and the image.
+    pub fn map_image(
+        &mut self,
+        offset: u64,
+        image: &Image,
+        image_offset: u64,
+        len: u64,
+        prot: Protection,
+    ) -> Result<()> {
+        let range = self.page_range(offset, len)?;
+        let image_end = image_offset.checked_add(len).ok_or(Error::Overflow { start: image_offset, len })?;
+        if !image_offset.is_multiple_of(self.page) {
+            return Err(Error::Misaligned { start: image_offset, len, page_size: self.page as usize });
+        }
+        if image_end > image.len() {
+            return Err(Error::PastBacking { id: image.id().0, start: image_offset, end: image_end, len: image.len() });
+        }
+        self.images.entry(image.id()).or_insert_with(|| image.clone());
+        self.commit(range, Change::Map(Frame::image(image.id(), image_offset / self.page, prot)))
+    }
+
     /// Discards the contents of the page-aligned range `offset..offset + len`:
     /// zero pages read zero again, image pages become zero pages, unmapped
     /// pages stay as they are. Refused (with nothing changed) if the range
@@ -243,12 +274,13 @@ impl LinearSpace {
         Ok(())
     }
 
-    /// Zeroes what the guest dirtied and restores the initial layout for a
-    /// memory of `len` bytes: `[0, len)` zero and read-write, the rest unmapped.
-    /// Costs time proportional to the dirty pages (see [`ResetReport`]).
-    pub fn reset(&mut self, len: u64, policy: ResetPolicy) -> Result<ResetReport> {
+    /// Brings back what the guest dirtied and restores the initial layout of a
+    /// memory of `len` bytes starting with `image` (see
+    /// [`LinearSpace::restore_layout`]). Costs time proportional to the dirty
+    /// pages (see [`ResetReport`]).
+    pub fn reset(&mut self, len: u64, image: Option<&Image>, policy: ResetPolicy) -> Result<ResetReport> {
         let report = self.zero_dirty(policy)?;
-        self.restore_layout(len)?;
+        self.restore_layout(len, image)?;
         Ok(report)
     }
 
@@ -293,6 +325,29 @@ impl LinearSpace {
                         report.zeroed_in_place += in_place.len() * self.page;
                         push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
                     }
+                    FrameKind::Image { image, page } if frame.prot().writable() && budget > 0 => {
+                        let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
+                        let image = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
+                        // SAFETY: `in_place` is a read-write Image run of this
+                        // reservation (table == kernel, invariant 1), so the
+                        // slice is mapped and writable, and `&mut self`
+                        // excludes any other host reference to it.
+                        let target = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                self.addr_of(in_place.start),
+                                (in_place.len() * self.page) as usize,
+                            )
+                        };
+                        memfd::read_exact_at(image.fd(), target, page * self.page).map_err(|source| Error::Kernel {
+                            syscall: "pread",
+                            start: in_place.start * self.page,
+                            end: in_place.end * self.page,
+                            source,
+                        })?;
+                        budget -= in_place.len();
+                        report.zeroed_in_place += in_place.len() * self.page;
+                        push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
+                    }
                     FrameKind::Zero | FrameKind::Image { .. } => push_coalesced(&mut to_drop, run),
                 }
                 if report.scanned {
@@ -307,18 +362,37 @@ impl LinearSpace {
         Ok(report)
     }
 
-    /// Sets the layout of a fresh memory of `len` bytes: `[0, len)` zero and
-    /// read-write (keeping contents of pages already `Zero`), the rest
-    /// unmapped. Callers zero contents first ([`LinearSpace::zero_dirty`]).
-    pub fn restore_layout(&mut self, len: u64) -> Result<()> {
+    /// Sets the layout of a fresh memory of `len` bytes that starts with
+    /// `image`: the image's pages read-write copy-on-write, the rest of
+    /// `[0, len)` zero and read-write, everything after unmapped. Frames that
+    /// already have their target backing keep their contents (callers reset
+    /// contents first with [`LinearSpace::zero_dirty`]), so a slot that served
+    /// the same image costs nothing here. Images no frame names any more are
+    /// let go.
+    pub fn restore_layout(&mut self, len: u64, image: Option<&Image>) -> Result<()> {
         if len > self.capacity {
             return Err(Error::CapacityExceeded { requested: len, capacity: self.capacity });
         }
+        let image_len = image.map_or(0, Image::len);
+        if image_len > len.next_multiple_of(self.page) {
+            return Err(Error::PastBacking { id: image.map_or(0, |i| i.id().0), start: 0, end: len, len: image_len });
+        }
         let old = self.accessible_pages();
         let new = PageRange::new(0, len.div_ceil(self.page));
+        let image_pages = PageRange::new(0, image_len / self.page);
         self.commit(PageRange::new(new.end, old.end), Change::Map(Frame::UNMAPPED))?;
+        if let Some(image) = image {
+            self.images.entry(image.id()).or_insert_with(|| image.clone());
+            let target = Frame::image(image.id(), 0, Protection::ReadWrite);
+            let wrong: Vec<_> =
+                self.table.runs_in(image_pages).filter(|&(run, f)| f != target.advanced(run.start)).collect();
+            for (run, _) in wrong {
+                self.commit(run, Change::Map(target.advanced(run.start)))?;
+            }
+        }
         let rw = Frame::zero(Protection::ReadWrite);
-        let wrong: Vec<_> = self.table.runs_in(new).filter(|&(_, f)| f != rw).collect();
+        let zero_pages = PageRange::new(image_pages.end, new.end);
+        let wrong: Vec<_> = self.table.runs_in(zero_pages).filter(|&(_, f)| f != rw).collect();
         for (run, frame) in wrong {
             match frame.kind() {
                 FrameKind::Zero => self.commit(run, Change::Protect(Protection::ReadWrite))?,
@@ -328,6 +402,10 @@ impl LinearSpace {
             }
         }
         self.len = len;
+        let table = &self.table;
+        self.images.retain(|id, _| {
+            table.runs().any(|(_, f)| matches!(f.kind(), FrameKind::Image { image, .. } if image == *id))
+        });
         Ok(())
     }
 
@@ -344,30 +422,36 @@ impl LinearSpace {
             end: self.total(),
             source,
         })?;
-        let mut actual: Vec<(u64, u64, [u8; 4], bool)> = Vec::new();
+        let mut actual: Vec<Segment> = Vec::new();
         for vma in vmas {
-            let (s, e) = (vma.start.max(base) - base, vma.end.min(end) - base);
-            push_segment(&mut actual, (s as u64, e as u64, vma.perms, vma.inode == 0));
+            let (s, e) = (vma.start.max(base), vma.end.min(end));
+            let file = (vma.inode != 0).then(|| (vma.inode, vma.offset + (s - vma.start) as u64));
+            push_segment(&mut actual, ((s - base) as u64, (e - base) as u64, vma.perms, file));
         }
-        let mut expected: Vec<(u64, u64, [u8; 4], bool)> = Vec::new();
+        let mut expected: Vec<Segment> = Vec::new();
         for (run, frame) in self.table.runs() {
             let (r, w) = (frame.prot().readable(), frame.prot().writable());
-            let (shared, anon) = match frame.kind() {
-                FrameKind::Unmapped | FrameKind::Zero => (false, true),
-                FrameKind::Image { .. } => (false, false),
-                FrameKind::Shared { .. } => (true, false),
+            let (shared, file) = match frame.kind() {
+                FrameKind::Unmapped | FrameKind::Zero => (false, None),
+                FrameKind::Image { image, page } => {
+                    let inode = self.images.get(&image).map_or(0, Image::inode);
+                    (false, Some((inode, page * self.page)))
+                }
+                FrameKind::Shared { .. } => (true, Some((0, 0))),
             };
             let perms =
                 [if r { b'r' } else { b'-' }, if w { b'w' } else { b'-' }, b'-', if shared { b's' } else { b'p' }];
-            push_segment(&mut expected, (run.start * self.page, run.end * self.page, perms, anon));
+            push_segment(&mut expected, (run.start * self.page, run.end * self.page, perms, file));
         }
         for (i, want) in expected.iter().enumerate() {
             let got = actual.get(i);
             if got != Some(want) {
-                let describe = |s: Option<&(u64, u64, [u8; 4], bool)>| match s {
-                    Some((a, b, p, anon)) => {
-                        format!("{a:#x}..{b:#x} {} {}", String::from_utf8_lossy(p), if *anon { "anon" } else { "file" })
-                    }
+                let describe = |s: Option<&Segment>| match s {
+                    Some((a, b, p, file)) => format!(
+                        "{a:#x}..{b:#x} {} {}",
+                        String::from_utf8_lossy(p),
+                        file.map_or("anon".to_string(), |(inode, offset)| format!("inode {inode} @ {offset:#x}"))
+                    ),
                     None => "nothing".to_string(),
                 };
                 return Err(Error::Diverged {
@@ -438,9 +522,17 @@ impl LinearSpace {
                         // SAFETY: as above.
                         unsafe { mman::replace_with_zero(addr, len, frame.prot()) }.map_err(|e| kernel("mmap", e))?;
                     }
-                    FrameKind::Image { image: id, .. } | FrameKind::Shared { buffer: id, .. } => {
-                        return Err(Error::UnknownBacking { id: id.0 });
+                    FrameKind::Image { image, page } => {
+                        let image = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
+                        // SAFETY: as above; the image's file cannot shrink and
+                        // covers the range (`map_image`/`restore_layout` check
+                        // it against the image's length).
+                        unsafe {
+                            mman::replace_with_file(addr, len, frame.prot(), image.fd(), page * self.page, false)
+                        }
+                        .map_err(|e| kernel("mmap", e))?;
                     }
+                    FrameKind::Shared { buffer, .. } => return Err(Error::UnknownBacking { id: buffer.0 }),
                 }
                 self.table.set(range, frame);
             }
@@ -554,11 +646,29 @@ fn push_coalesced(ranges: &mut Vec<PageRange>, range: PageRange) {
     }
 }
 
-/// Appends a `(start, end, perms, anonymous)` segment, merging it into the
-/// previous one when the kernel could have merged the two mappings.
-fn push_segment(segments: &mut Vec<(u64, u64, [u8; 4], bool)>, segment: (u64, u64, [u8; 4], bool)) {
-    match segments.last_mut() {
-        Some(last) if last.1 == segment.0 && last.2 == segment.2 && last.3 && segment.3 => last.1 = segment.1,
-        _ => segments.push(segment),
+/// `(start, end, perms, file)`: a stretch of the reservation as the kernel
+/// maps it, `file` being `(inode, offset of start)` or `None` if anonymous.
+type Segment = (u64, u64, [u8; 4], Option<(u64, u64)>);
+
+/// Appends a segment, merging it into the previous one when the kernel could
+/// have merged the two mappings (same permissions, both anonymous or the same
+/// file at contiguous offsets).
+fn push_segment(segments: &mut Vec<Segment>, segment: Segment) {
+    if let Some(last) = segments.last_mut()
+        && last.1 == segment.0
+        && last.2 == segment.2
+    {
+        let contiguous = match (last.3, segment.3) {
+            (None, None) => true,
+            (Some((inode, offset)), Some((next_inode, next_offset))) => {
+                inode == next_inode && offset + (last.1 - last.0) == next_offset
+            }
+            _ => false,
+        };
+        if contiguous {
+            last.1 = segment.1;
+            return;
+        }
     }
+    segments.push(segment);
 }

@@ -138,7 +138,7 @@ fn bad_ranges_are_rejected_and_change_nothing() {
 fn protect_past_a_reset_size_is_refused() {
     let p = page();
     let mut s = space(16, 0, 4);
-    s.reset(2 * p, ResetPolicy::default()).unwrap();
+    s.reset(2 * p, None, ResetPolicy::default()).unwrap();
     // Pages 2..4 are beyond the new size: out of bounds, not merely unmapped.
     assert!(matches!(s.protect(0, 4 * p, Protection::Read), Err(Error::OutOfBounds { .. })));
     s.grow_to(4 * p).unwrap();
@@ -169,7 +169,7 @@ fn reset_zeroes_dirty_pages_and_restores_layout() {
     s.grow_to(64 * p).unwrap();
     s.write(40 * p, &[9]).unwrap();
     s.protect(3 * p, p, Protection::Read).unwrap();
-    let report = s.reset(8 * p, ResetPolicy { keep_resident: 4 * p, ..ResetPolicy::default() }).unwrap();
+    let report = s.reset(8 * p, None, ResetPolicy { keep_resident: 4 * p, ..ResetPolicy::default() }).unwrap();
     s.validate().unwrap();
     assert_eq!(s.len(), 8 * p);
     let runs: Vec<_> = s.table().runs().collect();
@@ -207,7 +207,7 @@ fn reset_work_follows_dirty_pages_not_size() {
     }
     let mut read = [0u8];
     s.read(100 * p, &mut read).unwrap(); // a read maps the shared zero page: not dirty
-    let report = s.reset(gib * p, ResetPolicy::default()).unwrap();
+    let report = s.reset(gib * p, None, ResetPolicy::default()).unwrap();
     assert_eq!(report.dirty, 3 * p);
     assert_eq!(report.zeroed_in_place, 3 * p);
     assert_eq!(s.summary().unwrap().resident[FrameTag::Zero.index()], 3 * p, "in-place pages stay resident");
@@ -260,7 +260,7 @@ fn reset_without_a_dirty_scan_drops_everything_and_is_still_correct() {
         s.write(i * p, &[0xcc; 64]).unwrap();
     }
     s.protect(2 * p, p, Protection::None).unwrap();
-    let report = s.reset(16 * p, ResetPolicy { scan_dirty: false, ..ResetPolicy::default() }).unwrap();
+    let report = s.reset(16 * p, None, ResetPolicy { scan_dirty: false, ..ResetPolicy::default() }).unwrap();
     assert!(!report.scanned);
     assert_eq!((report.zeroed_in_place, report.dropped), (0, 16 * p));
     for i in 0..16 {

@@ -58,6 +58,29 @@ pub(crate) unsafe fn replace_with_zero(addr: *mut u8, len: usize, prot: Protecti
     Ok(())
 }
 
+/// Replaces `[addr, addr + len)` with the file's bytes from `offset`, in one
+/// `mmap(MAP_FIXED)`: `MAP_PRIVATE` (copy-on-write) unless `shared`, in which
+/// case writes reach the file.
+///
+/// # Safety
+/// As [`replace_with_zero`]; and `[offset, offset + len)` must lie inside the
+/// file, which must not shrink while mapped (a page past its end would raise
+/// SIGBUS).
+pub(crate) unsafe fn replace_with_file(
+    addr: *mut u8,
+    len: usize,
+    prot: Protection,
+    fd: rustix::fd::BorrowedFd<'_>,
+    offset: u64,
+    shared: bool,
+) -> io::Result<()> {
+    let sharing = if shared { MapFlags::SHARED } else { MapFlags::PRIVATE };
+    // SAFETY: the caller owns the range and guarantees the file covers it and
+    // cannot shrink (function contract); MAP_FIXED replaces only that range.
+    unsafe { mm::mmap(addr.cast::<c_void>(), len, prot_flags(prot), sharing | MapFlags::FIXED, fd, offset) }?;
+    Ok(())
+}
+
 /// Changes the protection of `[addr, addr + len)`, keeping its contents.
 ///
 /// # Safety

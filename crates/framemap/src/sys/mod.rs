@@ -9,5 +9,6 @@
 //! functions below rely on.
 
 pub(crate) mod maps;
+pub(crate) mod memfd;
 pub(crate) mod mman;
 pub(crate) mod pagemap;

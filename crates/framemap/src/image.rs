@@ -1,0 +1,179 @@
+//! Images: the immutable initial bytes of a memory, mapped copy-on-write.
+//!
+//! Invariant: an image's file can never shrink while the image exists (its
+//! own memfds are sealed against shrinking, growing and writing before any
+//! mapping; a caller's file is accepted only if it carries `F_SEAL_SHRINK`),
+//! and its length is a whole number of host pages, so mapping any page range
+//! inside it can never raise SIGBUS. Zero pages are holes in the file: a
+//! mostly-empty image costs no memory for its empty pages.
+
+use crate::error::{Error, Result};
+use crate::frame::BackingId;
+use crate::sys::memfd;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::fmt;
+use std::sync::Arc;
+
+/// Immutable, page-granular initial contents of a memory, shared by every
+/// memory that maps it (clones are cheap and refer to the same file).
+#[derive(Clone)]
+pub struct Image {
+    inner: Arc<ImageFile>,
+}
+
+struct ImageFile {
+    id: BackingId,
+    fd: OwnedFd,
+    len: u64,
+    inode: u64,
+}
+
+impl fmt::Debug for Image {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Image").field("id", &self.inner.id).field("len", &self.inner.len).finish()
+    }
+}
+
+impl Image {
+    /// An image holding `bytes` (its length rounded up to whole host pages).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Image> {
+        Image::from_segments(bytes.len() as u64, [(0, bytes)])
+    }
+
+    /// An image of `len` bytes (rounded up to whole host pages) that reads zero
+    /// except where `segments` put bytes: each `(offset, bytes)` is written in
+    /// order, so a later segment overwrites an earlier one where they overlap.
+    /// Pages no segment writes, and all-zero pages no earlier segment wrote,
+    /// stay holes.
+    pub fn from_segments<'a>(len: u64, segments: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Image> {
+        let page = crate::host_page_size() as u64;
+        let len = len.checked_next_multiple_of(page).ok_or(Error::InvalidSize {
+            what: "image length",
+            value: len,
+            reason: "too large to round up to a whole page",
+        })?;
+        let io = |syscall| move |source| Error::Kernel { syscall, start: 0, end: len, source };
+        let fd = memfd::create("framemap-image").map_err(io("memfd_create"))?;
+        memfd::set_len(&fd, len).map_err(io("ftruncate"))?;
+        // Byte ranges already written, to know when a zero page must still be
+        // written (it overwrites earlier bytes) rather than left a hole.
+        let mut written: Vec<(u64, u64)> = Vec::new();
+        for (offset, bytes) in segments {
+            let end = offset.checked_add(bytes.len() as u64).filter(|&e| e <= len).ok_or(Error::OutOfBounds {
+                start: offset,
+                end: offset.saturating_add(bytes.len() as u64),
+                accessible: len,
+            })?;
+            let mut at = offset;
+            while at < end {
+                let chunk_end = (at / page + 1).saturating_mul(page).min(end);
+                let chunk = &bytes[(at - offset) as usize..(chunk_end - offset) as usize];
+                let overwrites = written.iter().any(|&(s, e)| s < chunk_end && at < e);
+                if overwrites || chunk.iter().any(|&b| b != 0) {
+                    memfd::write_all_at(&fd, chunk, at).map_err(io("pwrite"))?;
+                }
+                at = chunk_end;
+            }
+            if offset < end {
+                written.push((offset, end));
+            }
+        }
+        memfd::seal_immutable(&fd).map_err(io("fcntl(F_ADD_SEALS)"))?;
+        Image::from_sealed(fd, len)
+    }
+
+    /// An image backed directly by `file`, which must be sealed against
+    /// shrinking (`F_SEAL_SHRINK`, e.g. a memfd you sealed): then no mapping of
+    /// it can ever raise SIGBUS. Its length is the file's, rounded up to whole
+    /// pages (the tail of the last page reads zero). Writes to the file by
+    /// others show through in pages no memory has written yet unless it is
+    /// also sealed with `F_SEAL_WRITE`. A file that can shrink is refused with
+    /// [`Error::CanShrink`]: use [`Image::copy_of_file`] for it.
+    pub fn from_file(file: impl Into<OwnedFd>) -> Result<Image> {
+        let fd = file.into();
+        if !memfd::cannot_shrink(&fd) {
+            return Err(Error::CanShrink);
+        }
+        let len = memfd::len(&fd).map_err(|source| Error::Kernel { syscall: "fstat", start: 0, end: 0, source })?;
+        let page = crate::host_page_size() as u64;
+        Image::from_sealed(fd, len.next_multiple_of(page))
+    }
+
+    /// An image holding a copy of `file`'s bytes, in a sealed memfd (all-zero
+    /// pages are left as holes). Costs a read of the whole file once.
+    pub fn copy_of_file(file: impl AsFd) -> Result<Image> {
+        let file = file.as_fd();
+        let len = memfd::len(file).map_err(|source| Error::Kernel { syscall: "fstat", start: 0, end: 0, source })?;
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut chunks = Vec::new();
+        let mut offset = 0;
+        while offset < len {
+            let n = chunk.len().min((len - offset) as usize);
+            memfd::read_exact_at(file, &mut chunk[..n], offset).map_err(|source| Error::Kernel {
+                syscall: "pread",
+                start: offset,
+                end: offset + n as u64,
+                source,
+            })?;
+            chunks.push((offset, chunk[..n].to_vec()));
+            offset += n as u64;
+        }
+        Image::from_segments(len, chunks.iter().map(|(o, b)| (*o, b.as_slice())))
+    }
+
+    fn from_sealed(fd: OwnedFd, len: u64) -> Result<Image> {
+        let inode = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::Kernel { syscall: "fstat", start: 0, end: len, source: e.into() })?
+            .st_ino;
+        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode }) })
+    }
+
+    /// The image's identity in frame tables.
+    pub fn id(&self) -> BackingId {
+        self.inner.id
+    }
+
+    /// Length in bytes (a whole number of host pages).
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    /// Whether the image holds no page.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// Bytes of memory the image's file really holds (its holes excluded).
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        let stat = rustix::fs::fstat(&self.inner.fd).map_err(|e| Error::Kernel {
+            syscall: "fstat",
+            start: 0,
+            end: self.len(),
+            source: e.into(),
+        })?;
+        Ok(u64::try_from(stat.st_blocks).unwrap_or(0) * 512)
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the image.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end =
+            offset.checked_add(buf.len() as u64).ok_or(Error::Overflow { start: offset, len: buf.len() as u64 })?;
+        if end > self.len() {
+            return Err(Error::OutOfBounds { start: offset, end, accessible: self.len() });
+        }
+        memfd::read_exact_at(&self.inner.fd, buf, offset).map_err(|source| Error::Kernel {
+            syscall: "pread",
+            start: offset,
+            end,
+            source,
+        })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd.as_fd()
+    }
+
+    pub(crate) fn inode(&self) -> u64 {
+        self.inner.inode
+    }
+}

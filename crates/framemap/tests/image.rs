@@ -1,0 +1,176 @@
+//! Images: sealed, sparse, copy-on-write initial contents of memories.
+
+use framemap::{
+    Error, Frame, FrameKind, FrameTag, Image, LinearSpace, PageRange, Protection, ResetPolicy, SpaceConfig,
+};
+use std::io::Write;
+
+fn page() -> u64 {
+    framemap::host_page_size() as u64
+}
+
+fn space(pages: u64) -> LinearSpace {
+    let p = page();
+    LinearSpace::new(SpaceConfig { capacity: pages * p, guard: 4 * p, initial_len: pages * p }).unwrap()
+}
+
+fn bytes_at(s: &LinearSpace, offset: u64, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read(offset, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn images_are_sparse_and_page_rounded() {
+    let p = page();
+    // 64 MiB image with two non-zero pages.
+    let image = Image::from_segments(64 << 20, [(5 * p + 3, &b"abc"[..]), ((64 << 20) - 1, &[9][..])]).unwrap();
+    assert_eq!(image.len(), 64 << 20);
+    assert!(image.allocated_bytes().unwrap() <= 2 * p, "holes cost nothing: {}", image.allocated_bytes().unwrap());
+    let mut buf = [0u8; 5];
+    image.read(5 * p + 2, &mut buf).unwrap();
+    assert_eq!(&buf, b"\0abc\0");
+    assert_eq!(Image::from_bytes(&[1, 2, 3]).unwrap().len(), p);
+    assert!(Image::from_bytes(&[]).unwrap().is_empty());
+    let zeros = Image::from_bytes(&vec![0u8; (16 * p) as usize]).unwrap();
+    assert_eq!(zeros.allocated_bytes().unwrap(), 0, "all-zero bytes are holes too");
+}
+
+#[test]
+fn later_segments_overwrite_earlier_ones_even_with_zeros() {
+    let p = page() as usize;
+    let image = Image::from_segments(2 * p as u64, [(0, &vec![7u8; 2 * p][..]), (10, &vec![0u8; p][..])]).unwrap();
+    let mut buf = vec![0u8; 2 * p];
+    image.read(0, &mut buf).unwrap();
+    assert!(buf[..10].iter().all(|&b| b == 7));
+    assert!(buf[10..10 + p].iter().all(|&b| b == 0));
+    assert!(buf[10 + p..].iter().all(|&b| b == 7));
+}
+
+#[test]
+fn bad_images_are_errors() {
+    let p = page();
+    assert!(matches!(Image::from_segments(p, [(p - 1, &[1u8, 2][..])]), Err(Error::OutOfBounds { .. })));
+    assert!(matches!(Image::from_segments(u64::MAX, []), Err(Error::InvalidSize { .. })));
+    let image = Image::from_bytes(b"x").unwrap();
+    assert!(matches!(image.read(p - 1, &mut [0; 2]), Err(Error::OutOfBounds { .. })));
+    assert!(matches!(image.read(u64::MAX, &mut [0; 2]), Err(Error::Overflow { .. })));
+
+    // A plain file can shrink: refused, and copyable instead.
+    let path = std::env::temp_dir().join(format!("framemap-image-test-{}", std::process::id()));
+    std::fs::File::create(&path).unwrap().write_all(b"file bytes").unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let copy = Image::copy_of_file(&file).unwrap();
+    assert!(matches!(Image::from_file(file), Err(Error::CanShrink)));
+    std::fs::remove_file(&path).unwrap();
+    let mut buf = [0u8; 10];
+    copy.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"file bytes");
+}
+
+#[test]
+fn a_sealed_memfd_is_used_directly() {
+    let fd = rustix::fs::memfd_create("test", rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::io::pwrite(&fd, b"sealed", 0).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+    let image = Image::from_file(fd).unwrap();
+    assert_eq!(image.len(), page());
+    let mut s = space(4);
+    s.map_image(page(), &image, 0, page(), Protection::Read).unwrap();
+    assert_eq!(bytes_at(&s, page(), 6), b"sealed");
+    s.validate().unwrap();
+}
+
+#[test]
+fn mapped_images_are_copy_on_write_and_private() {
+    let p = page();
+    let image = Image::from_segments(4 * p, [(0, &b"first"[..]), (3 * p, &b"last"[..])]).unwrap();
+    let mut a = space(8);
+    let mut b = space(8);
+    a.map_image(0, &image, 0, 4 * p, Protection::ReadWrite).unwrap();
+    b.map_image(2 * p, &image, 2 * p, 2 * p, Protection::Read).unwrap();
+    a.validate().unwrap();
+    b.validate().unwrap();
+    assert_eq!(b.table().get(2).unwrap().1, Frame::image(image.id(), 2, Protection::Read));
+    a.write(0, b"FIRST").unwrap();
+    assert_eq!(bytes_at(&a, 0, 5), b"FIRST");
+    assert_eq!(bytes_at(&b, 3 * p, 4), b"last");
+    let mut original = [0u8; 5];
+    image.read(0, &mut original).unwrap();
+    assert_eq!(&original, b"first", "guest writes never reach the image");
+    assert!(matches!(b.write(3 * p, b"x"), Err(Error::Protected { .. })));
+}
+
+#[test]
+fn bad_image_mappings_change_nothing() {
+    let p = page();
+    let image = Image::from_bytes(&vec![1u8; (2 * p) as usize]).unwrap();
+    let mut s = space(8);
+    let before = s.table().clone();
+    assert!(matches!(s.map_image(0, &image, p, 2 * p, Protection::Read), Err(Error::PastBacking { .. })));
+    assert!(matches!(s.map_image(0, &image, 1, p, Protection::Read), Err(Error::Misaligned { .. })));
+    assert!(matches!(s.map_image(7 * p, &image, 0, 2 * p, Protection::Read), Err(Error::OutOfBounds { .. })));
+    assert!(matches!(s.map_image(0, &image, u64::MAX - p + 1, 2 * p, Protection::Read), Err(Error::Overflow { .. })));
+    assert_eq!(s.table(), &before);
+    s.validate().unwrap();
+}
+
+#[test]
+fn reset_restores_image_bytes_in_place_and_by_dropping() {
+    let p = page();
+    let content: Vec<u8> = (0..8 * p).map(|i| (i % 251) as u8).collect();
+    let image = Image::from_bytes(&content).unwrap();
+    for keep_resident in [0, 3 * p, 64 * p] {
+        let mut s = space(16);
+        s.restore_layout(16 * p, Some(&image)).unwrap();
+        s.validate().unwrap();
+        assert_eq!(bytes_at(&s, 0, (8 * p) as usize), content);
+        for i in 0..16 {
+            s.write(i * p + 1, &[0xee; 100]).unwrap();
+        }
+        let report = s.reset(16 * p, Some(&image), ResetPolicy { keep_resident, ..ResetPolicy::default() }).unwrap();
+        s.validate().unwrap();
+        assert_eq!(bytes_at(&s, 0, (8 * p) as usize), content, "keep_resident {keep_resident}");
+        assert!(bytes_at(&s, 8 * p, (8 * p) as usize).iter().all(|&b| b == 0));
+        if report.scanned {
+            assert_eq!(report.dirty, 16 * p);
+            assert_eq!(report.zeroed_in_place, keep_resident.min(16 * p));
+        }
+        let runs: Vec<_> = s.table().runs().collect();
+        assert_eq!(runs[0], (PageRange::new(0, 8), Frame::image(image.id(), 0, Protection::ReadWrite)));
+        assert_eq!(runs[1], (PageRange::new(8, 16), Frame::zero(Protection::ReadWrite)));
+    }
+}
+
+#[test]
+fn layout_changes_between_images_and_sizes() {
+    let p = page();
+    let one = Image::from_bytes(&vec![1u8; (3 * p) as usize]).unwrap();
+    let two = Image::from_bytes(&vec![2u8; p as usize]).unwrap();
+    let mut s = space(16);
+    s.restore_layout(4 * p, Some(&one)).unwrap();
+    s.validate().unwrap();
+    s.reset(8 * p, Some(&two), ResetPolicy::default()).unwrap();
+    s.validate().unwrap();
+    assert_eq!(bytes_at(&s, 0, 2), [2, 2]);
+    assert_eq!(bytes_at(&s, p, 2), [0, 0], "the old image's pages are gone");
+    s.reset(2 * p, None, ResetPolicy::default()).unwrap();
+    s.validate().unwrap();
+    assert_eq!(s.summary().unwrap().runs[FrameTag::Image.index()], 0);
+    assert!(matches!(s.restore_layout(2 * p, Some(&one)), Err(Error::PastBacking { .. })), "image larger than memory");
+}
+
+#[test]
+fn discard_turns_image_pages_into_zero_pages() {
+    let p = page();
+    let image = Image::from_bytes(&vec![5u8; (4 * p) as usize]).unwrap();
+    let mut s = space(8);
+    s.map_image(0, &image, 0, 4 * p, Protection::Read).unwrap();
+    s.discard(p, 2 * p).unwrap();
+    s.validate().unwrap();
+    assert_eq!(bytes_at(&s, 0, 1), [5]);
+    assert_eq!(bytes_at(&s, p, 1), [0]);
+    assert_eq!(s.table().get(1).unwrap().1.kind(), FrameKind::Zero);
+    assert_eq!(s.table().get(1).unwrap().1.prot(), Protection::Read, "discard keeps protection");
+    assert_eq!(bytes_at(&s, 3 * p, 1), [5]);
+}
