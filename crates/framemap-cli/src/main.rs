@@ -1,0 +1,108 @@
+//! `framemap`: run WebAssembly modules on framemap linear memories.
+//!
+//! Every subcommand returns an exit status; every failure is reported as a
+//! single `framemap: error: <message>` line on stderr with exit status
+//! [`EXIT_ERROR`], never as a panic or backtrace.
+
+mod run;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for every error the CLI itself reports (bad flags, unreadable
+/// or invalid modules, guest traps).
+pub const EXIT_ERROR: u8 = 1;
+
+/// Command-line interface of the `framemap` binary.
+#[derive(Debug, Parser)]
+#[command(name = "framemap", version, about, propagate_version = true)]
+struct Cli {
+    /// The subcommand to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The `framemap` subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a WASI preview1 command module (.wasm or .wat) on framemap memories.
+    Run(run::RunArgs),
+}
+
+impl Command {
+    /// Executes the subcommand, returning the process exit status.
+    fn execute(self) -> anyhow::Result<u8> {
+        match self {
+            Command::Run(args) => run::run(args),
+        }
+    }
+}
+
+/// Parses the command line, runs the subcommand and turns its outcome into
+/// the process exit status.
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_error(&err),
+    };
+    match cli.command.execute() {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            report_error(&format!("{err:#}"));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Handles a command-line parse failure: `--help`/`--version` print as usual
+/// and succeed; real usage errors become one error line.
+fn clap_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Printing help can only fail if stdout is gone; nothing to do then.
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            report_error("no subcommand given (see `framemap --help`)");
+            ExitCode::from(EXIT_ERROR)
+        }
+        _ => {
+            // clap renders "error: <what>", sometimes continued on indented
+            // lines (e.g. the missing arguments), then a blank line, usage
+            // and a hint: keep only the first paragraph.
+            let rendered = err.to_string();
+            let paragraph = rendered.trim_start().split("\n\n").next().unwrap_or_default();
+            let message = paragraph.strip_prefix("error:").unwrap_or(paragraph);
+            report_error(&format!("{} (see `framemap --help`)", message.trim()));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Prints `message` to stderr as exactly one `framemap: error: ...` line.
+///
+/// Multi-line messages are folded onto one line. `.wat` parse errors quote
+/// the offending source in `N | text` / `| ^` lines after the
+/// `--> file:line:col` location; those quoted lines are dropped.
+fn report_error(message: &str) {
+    let folded = message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !is_source_quote(line))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut stderr = std::io::stderr().lock();
+    // If stderr is gone there is nowhere left to report to.
+    let _ = writeln!(stderr, "framemap: error: {folded}");
+}
+
+/// Whether `line` (trimmed) is a quoted source line of a `.wat` parse error:
+/// `|`, `| ^`, or `<line number> | <source>`.
+fn is_source_quote(line: &str) -> bool {
+    let rest = line.trim_start_matches(|c: char| c.is_ascii_digit());
+    rest.trim_start().starts_with('|')
+}

@@ -1,0 +1,224 @@
+//! `framemap run`: execute a WASI preview1 command module on framemap memories.
+//!
+//! The module (`.wasm` binary or `.wat` text) is compiled by an engine whose
+//! [`Config`] was prepared by [`framemap_wasmtime::configure`], so every
+//! linear memory it defines is created by a [`FrameMemoryCreator`]. The guest
+//! gets the host's stdio, the `--env` variables, the `--dir` preopens and the
+//! arguments `[MODULE, ARGS...]`; its exit status becomes ours.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use framemap_wasmtime::FrameMemoryCreator;
+use wasmtime::{Config, Engine, ExternType, Linker, Module, Store, Trap, WasmBacktrace};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+/// Arguments of `framemap run`.
+#[derive(Debug, Args)]
+#[command(override_usage = "framemap run [OPTIONS] <MODULE> [ARGS]...")]
+pub struct RunArgs {
+    /// Preopen a host directory for the guest: `HOST::GUEST`, or `PATH` for
+    /// the same path on both sides. Repeatable.
+    #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = parse_dir)]
+    pub dirs: Vec<DirMapping>,
+
+    /// Set an environment variable in the guest: `KEY=VALUE`. Repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub envs: Vec<(String, String)>,
+
+    /// At exit, print a frame report for every live framemap memory to stderr.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// The WASI command module to run (`.wasm` binary or `.wat` text),
+    /// followed by the arguments passed to the guest after its own name.
+    /// Everything after MODULE goes to the guest, even if it looks like a
+    /// flag: put framemap's own flags before MODULE.
+    #[arg(value_name = "MODULE", required = true, trailing_var_arg = true)]
+    pub module_and_args: Vec<String>,
+}
+
+impl RunArgs {
+    /// Path of the module to run (the first of `module_and_args`).
+    pub fn module(&self) -> &Path {
+        Path::new(self.module_and_args.first().map_or("", String::as_str))
+    }
+}
+
+/// One `--dir` preopen: a host directory and the name the guest sees it by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirMapping {
+    /// Directory on the host.
+    pub host: PathBuf,
+    /// Path under which the guest finds the directory.
+    pub guest: String,
+}
+
+/// Parses a `--dir` value: `HOST::GUEST`, or `PATH` meaning `PATH::PATH`.
+fn parse_dir(value: &str) -> Result<DirMapping, String> {
+    let (host, guest) = value.split_once("::").unwrap_or((value, value));
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("expected HOST::GUEST or PATH, got `{value}`"));
+    }
+    Ok(DirMapping { host: PathBuf::from(host), guest: guest.to_owned() })
+}
+
+/// Parses an `--env` value: `KEY=VALUE` with a non-empty `KEY`.
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, val)) if !key.is_empty() => Ok((key.to_owned(), val.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{value}`")),
+    }
+}
+
+/// Runs `framemap run`, returning the guest's exit status.
+///
+/// `proc_exit(n)` yields `n`, a normal return from `_start` yields 0. Traps
+/// and every other failure are errors (reported by `main` with status
+/// [`crate::EXIT_ERROR`]).
+pub fn run(args: RunArgs) -> Result<u8> {
+    let creator = FrameMemoryCreator::new();
+    let mut config = Config::new();
+    framemap_wasmtime::configure(&mut config, Arc::clone(&creator));
+    let engine = Engine::new(&config).map_err(anyhow::Error::from).context("failed to create the wasmtime engine")?;
+
+    let module = load_module(&engine, args.module())?;
+    check_command(&module, &args)?;
+
+    let wasi = build_wasi(&args)?;
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    p1::add_to_linker_sync(&mut linker, |ctx| ctx)?;
+
+    let mut store = Store::new(&engine, wasi);
+    let outcome = execute(&mut store, &linker, &module);
+    if args.stats {
+        // Memories belong to the store: report while it is still alive.
+        print_stats(&creator);
+    }
+    drop(store);
+    outcome
+}
+
+/// Compiles the `.wasm` or `.wat` file at `path`, making sure the error
+/// names the file.
+fn load_module(engine: &Engine, path: &Path) -> Result<Module> {
+    Module::from_file(engine, path).map_err(|err| {
+        let err = anyhow::Error::from(err);
+        let shown = path.display().to_string();
+        if format!("{err:#}").contains(&shown) { err } else { err.context(format!("failed to load `{shown}`")) }
+    })
+}
+
+/// Rejects modules that are not WASI commands (no `_start` function) before
+/// anything is instantiated, with a clearer message than a failed lookup.
+fn check_command(module: &Module, args: &RunArgs) -> Result<()> {
+    match module.get_export("_start") {
+        Some(ExternType::Func(_)) => Ok(()),
+        Some(_) => bail!("`{}` is not a WASI command: its `_start` export is not a function", args.module().display()),
+        None => bail!("`{}` is not a WASI command: it does not export a `_start` function", args.module().display()),
+    }
+}
+
+/// Builds the guest's WASI context: stdio, arguments, environment, preopens.
+fn build_wasi(args: &RunArgs) -> Result<WasiP1Ctx> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.inherit_stdio().allow_blocking_current_thread(true);
+    // argv = [MODULE as given on the command line, ARGS...]
+    builder.args(&args.module_and_args);
+    builder.envs(&args.envs);
+    for dir in &args.dirs {
+        builder
+            .preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("failed to preopen `--dir {}::{}`", dir.host.display(), dir.guest))?;
+    }
+    Ok(builder.build_p1())
+}
+
+/// Instantiates `module` and calls its `_start`, mapping the outcome to an
+/// exit status.
+fn execute(store: &mut Store<WasiP1Ctx>, linker: &Linker<WasiP1Ctx>, module: &Module) -> Result<u8> {
+    let instance = linker
+        .instantiate(&mut *store, module)
+        .map_err(anyhow::Error::from)
+        .context("failed to instantiate the module")?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(anyhow::Error::from)
+        .context("bad `_start` export")?;
+    match start.call(&mut *store, ()) {
+        Ok(()) => Ok(0),
+        Err(err) => guest_failure(err),
+    }
+}
+
+/// Classifies an error raised while the guest runs: a WASI exit, a trap, or
+/// some other host-side failure.
+fn guest_failure(err: wasmtime::Error) -> Result<u8> {
+    if let Some(&I32Exit(status)) = err.downcast_ref::<I32Exit>() {
+        // WASI preview1 restricts `proc_exit` statuses to [0, 126).
+        return match u8::try_from(status) {
+            Ok(code) => Ok(code),
+            Err(_) => bail!("guest exited with out-of-range status {status}"),
+        };
+    }
+    let location = err.downcast_ref::<WasmBacktrace>().map(TrapLocation);
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        bail!("guest trapped: {trap}{}", location.map(|l| l.to_string()).unwrap_or_default());
+    }
+    // Host-side failures carry the wasm backtrace as their outermost context;
+    // the root cause is the part worth one line.
+    let message = match location {
+        Some(_) => err.root_cause().to_string(),
+        None => format!("{err:#}"),
+    };
+    bail!("guest failed: {message}")
+}
+
+/// Formats the innermost wasm frame of a backtrace as ` (in wasm function
+/// `name`)`, or nothing if the frame has no name.
+struct TrapLocation<'a>(&'a WasmBacktrace);
+
+impl fmt::Display for TrapLocation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.frames().first().and_then(|frame| frame.func_name()) {
+            Some(name) => write!(f, " (in wasm function `{name}`)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Prints the creator's frame report for every live memory to stderr.
+fn print_stats(creator: &FrameMemoryCreator) {
+    let reports = creator.live_reports();
+    eprintln!("framemap: stats: {} live frame report(s)", reports.len());
+    for report in reports {
+        eprintln!("{report}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_forms() {
+        assert_eq!(parse_dir("a::b"), Ok(DirMapping { host: "a".into(), guest: "b".into() }));
+        assert_eq!(parse_dir("/tmp/x"), Ok(DirMapping { host: "/tmp/x".into(), guest: "/tmp/x".into() }));
+        assert!(parse_dir("::b").is_err());
+        assert!(parse_dir("a::").is_err());
+        assert!(parse_dir("").is_err());
+    }
+
+    #[test]
+    fn env_forms() {
+        assert_eq!(parse_env("K=V=W"), Ok(("K".into(), "V=W".into())));
+        assert_eq!(parse_env("K="), Ok(("K".into(), String::new())));
+        assert!(parse_env("K").is_err());
+        assert!(parse_env("=V").is_err());
+    }
+}
