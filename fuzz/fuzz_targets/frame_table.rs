@@ -49,8 +49,12 @@ fn frame(choice: FrameChoice) -> Frame {
         FrameChoice::Zero(p) => Frame::zero(prot(p)),
         // Few ids and small offsets, so that contiguous runs (which must
         // coalesce) actually occur.
-        FrameChoice::Image { id, page, prot: p } => Frame::image(BackingId(u64::from(id % 3)), u64::from(page % 64), prot(p)),
-        FrameChoice::Shared { id, page, prot: p } => Frame::shared(BackingId(u64::from(id % 3)), u64::from(page % 64), prot(p)),
+        FrameChoice::Image { id, page, prot: p } => {
+            Frame::image(BackingId(u64::from(id % 3)), u64::from(page % 64), prot(p))
+        }
+        FrameChoice::Shared { id, page, prot: p } => {
+            Frame::shared(BackingId(u64::from(id % 3)), u64::from(page % 64), prot(p))
+        }
     }
 }
 
