@@ -9,9 +9,10 @@
 
 use crate::error::{Error, Result};
 use crate::memory::{FrameMemory, LiveMemory};
+use crate::pending;
 use crate::pool::{SlotKey, SlotPool};
 use crate::report::MemoryHandle;
-use framemap::{LinearSpace, ResetPolicy, SpaceConfig};
+use framemap::{Image, LinearSpace, ResetPolicy, SpaceConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -77,18 +78,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CreatorShared {
     /// A space of geometry `key` with `minimum` accessible bytes: a recycled
     /// slot if one is idle, a new reservation otherwise.
-    fn acquire(&self, key: SlotKey, minimum: u64) -> Result<LinearSpace> {
-        let recycled = lock(&self.pool).take(key);
+    fn acquire(&self, key: SlotKey, minimum: u64, image: Option<&Image>) -> Result<LinearSpace> {
+        let recycled = lock(&self.pool).take(key, image.map(Image::id));
         // A slot that cannot be laid out is dropped (its reservation is
         // released) and a new one is made instead.
         if let Some(mut space) = recycled
-            && space.restore_layout(minimum, None).is_ok()
+            && space.restore_layout(minimum, image).is_ok()
         {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(space);
         }
-        let space = LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len: minimum })
-            .map_err(|source| Error::Create { minimum, reserved: key.capacity, guard: key.guard, source })?;
+        let create = |source| Error::Create { minimum, reserved: key.capacity, guard: key.guard, source };
+        let initial_len = if image.is_some() { 0 } else { minimum };
+        let mut space =
+            LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len }).map_err(create)?;
+        if image.is_some() {
+            space.restore_layout(minimum, image).map_err(create)?;
+        }
         self.created.fetch_add(1, Ordering::Relaxed);
         Ok(space)
     }
@@ -97,7 +103,7 @@ impl CreatorShared {
     pub(crate) fn release(&self, base: usize, mut space: LinearSpace) {
         lock(&self.live).remove(&base);
         let keep = self.config.max_idle_slots > 0 && space.zero_dirty(self.config.reset).is_ok();
-        if keep && lock(&self.pool).put(space, self.config.max_idle_slots).is_ok() {
+        if keep && lock(&self.pool).put(space, self.config.max_idle_slots) {
             self.recycled.fetch_add(1, Ordering::Relaxed);
         } else {
             self.released.fetch_add(1, Ordering::Relaxed);
@@ -126,6 +132,12 @@ impl FrameMemoryCreator {
     /// A creator with `config`.
     pub fn with_config(config: CreatorConfig) -> Arc<Self> {
         Arc::new(FrameMemoryCreator { shared: Arc::new(CreatorShared { config, ..CreatorShared::default() }) })
+    }
+
+    /// Identifies this creator (and its clones' shared state) to the
+    /// instantiation calls that hand it images.
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// The configuration this creator was made with.
@@ -186,7 +198,7 @@ impl FrameMemoryCreator {
 unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
     fn new_memory(
         &self,
-        _ty: MemoryType,
+        ty: MemoryType,
         minimum: usize,
         _maximum: Option<usize>,
         reserved_size_in_bytes: Option<usize>,
@@ -202,7 +214,8 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
             .ok_or(Error::TooLarge { what: "memory minimum", value: minimum })
             .map_err(|e| e.to_string())?;
         let key = SlotKey { capacity, guard: guard_size_in_bytes as u64 };
-        let space = self.shared.acquire(key, minimum).map_err(|e| e.to_string())?;
+        let image = pending::take_image(Arc::as_ptr(&self.shared) as usize, &ty);
+        let space = self.shared.acquire(key, minimum, image.as_ref()).map_err(|e| e.to_string())?;
         let memory = FrameMemory::new(space, self.shared.clone());
         let live = Arc::downgrade(memory.live());
         lock(&self.shared.live).insert(memory.live().base(), live);

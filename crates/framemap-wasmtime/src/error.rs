@@ -43,6 +43,30 @@ pub enum Error {
         /// The address looked up.
         base: usize,
     },
+    /// The bytes are not a module this engine can compile.
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    /// A memory's image could not be built.
+    #[error("cannot build the image of memory {memory}: {source}")]
+    Image {
+        /// The memory (index space including imports).
+        memory: u32,
+        /// Why.
+        #[source]
+        source: framemap::Error,
+    },
+    /// An instantiation with images did not hand every image to its memory
+    /// (the engine's creator is not this module's, or wasmtime allocated
+    /// memories in an unexpected order). The instance is not returned.
+    #[error(
+        "only {served} of {planned} memories received their images: is the module's creator installed in its engine?"
+    )]
+    ImagesNotServed {
+        /// Memories served.
+        served: usize,
+        /// Memories planned.
+        planned: usize,
+    },
     /// Reading a memory's frame table or residency failed.
     #[error("cannot report on memory at {base:#x}: {source}")]
     Report {

@@ -27,11 +27,15 @@
 mod creator;
 mod error;
 mod memory;
+mod pending;
 mod pool;
+pub mod prepare;
+mod prepared;
 mod report;
 
 pub use creator::{CreatorConfig, CreatorStats, FrameMemoryCreator};
 pub use error::{Error, Result};
+pub use prepared::{PreparedInstancePre, PreparedModule};
 pub use report::{FrameReport, MemoryHandle};
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! geometry (capacity and guard), so a recycled memory has precisely the
 //! reservation wasmtime asked for.
 
-use framemap::LinearSpace;
+use framemap::{BackingId, LinearSpace};
 use std::collections::HashMap;
 
 /// The geometry that decides whether a slot can serve a request.
@@ -25,24 +25,32 @@ pub(crate) struct SlotPool {
 }
 
 impl SlotPool {
-    /// Takes an idle slot of geometry `key`, most recently used first (its
-    /// kept-resident pages are the likeliest to still be in cache).
-    pub fn take(&mut self, key: SlotKey) -> Option<LinearSpace> {
-        let space = self.idle.get_mut(&key)?.pop()?;
+    /// Takes an idle slot of geometry `key`: the most recently used one that
+    /// already holds image `prefer` (its image frames are mapped and its
+    /// contents reset to the image, so reuse costs almost nothing), else the
+    /// most recently used one (its kept-resident pages are the likeliest to
+    /// still be in cache).
+    pub fn take(&mut self, key: SlotKey, prefer: Option<BackingId>) -> Option<LinearSpace> {
+        let slots = self.idle.get_mut(&key)?;
+        let holding = prefer.and_then(|id| slots.iter().rposition(|s| s.holds_image(id)));
+        let space = match holding {
+            Some(i) => slots.remove(i),
+            None => slots.pop()?,
+        };
         self.count -= 1;
         Some(space)
     }
 
-    /// Keeps `space` for reuse if fewer than `limit` slots are idle; gives it
-    /// back otherwise (the caller drops it, releasing the reservation).
-    pub fn put(&mut self, space: LinearSpace, limit: usize) -> Result<(), LinearSpace> {
+    /// Keeps `space` for reuse if fewer than `limit` slots are idle and says
+    /// so; otherwise drops it (releasing its reservation) and returns false.
+    pub fn put(&mut self, space: LinearSpace, limit: usize) -> bool {
         if self.count >= limit {
-            return Err(space);
+            return false;
         }
         let key = SlotKey { capacity: space.capacity(), guard: space.guard() };
         self.idle.entry(key).or_default().push(space);
         self.count += 1;
-        Ok(())
+        true
     }
 
     /// Number of idle slots.

@@ -12,7 +12,8 @@ use crate::frame::BackingId;
 use crate::sys::memfd;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::fmt;
-use std::sync::Arc;
+use std::ptr::NonNull;
+use std::sync::{Arc, OnceLock};
 
 /// Immutable, page-granular initial contents of a memory, shared by every
 /// memory that maps it (clones are cheap and refer to the same file).
@@ -26,6 +27,28 @@ struct ImageFile {
     fd: OwnedFd,
     len: u64,
     inode: u64,
+    /// A read-only view of the whole file, made on first use, to restore
+    /// dirty pages by copying.
+    view: OnceLock<Option<View>>,
+}
+
+/// A read-only shared mapping of an image file, unmapped on drop.
+struct View {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the view is read-only memory of a file that cannot change size
+// (and, for framemap's own images, content); sharing it is sharing `&[u8]`.
+unsafe impl Send for View {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for View {}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // SAFETY: the view owns its mapping and is going away.
+        let _ = unsafe { crate::sys::mman::release(self.ptr.as_ptr(), self.len) };
+    }
 }
 
 impl fmt::Debug for Image {
@@ -125,7 +148,7 @@ impl Image {
         let inode = rustix::fs::fstat(&fd)
             .map_err(|e| Error::Kernel { syscall: "fstat", start: 0, end: len, source: e.into() })?
             .st_ino;
-        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode }) })
+        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, view: OnceLock::new() }) })
     }
 
     /// The image's identity in frame tables.
@@ -167,6 +190,31 @@ impl Image {
             end,
             source,
         })
+    }
+
+    /// Copies `target.len()` bytes at `offset` of the image into `target`:
+    /// a `memcpy` from a read-only view of the image (made once), or a
+    /// `pread` if no view can be made.
+    pub(crate) fn copy_to(&self, offset: u64, target: &mut [u8]) -> std::io::Result<()> {
+        let view = self.inner.view.get_or_init(|| {
+            let len = usize::try_from(self.inner.len).ok().filter(|&l| l > 0)?;
+            // SAFETY: the image's file covers `len` bytes and cannot shrink
+            // (module invariant).
+            let ptr = unsafe { crate::sys::mman::map_file_read_only(self.fd(), len) }.ok()?;
+            Some(View { ptr, len })
+        });
+        let end = offset as usize + target.len();
+        match view {
+            Some(view) if end <= view.len => {
+                // SAFETY: `offset..end` lies inside the view, which is mapped
+                // read-only for the image's lifetime and never written.
+                let source =
+                    unsafe { std::slice::from_raw_parts(view.ptr.as_ptr().add(offset as usize), target.len()) };
+                target.copy_from_slice(source);
+                Ok(())
+            }
+            _ => memfd::read_exact_at(&self.inner.fd, target, offset),
+        }
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {

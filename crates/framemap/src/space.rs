@@ -24,7 +24,7 @@ use crate::image::Image;
 use crate::page::PageRange;
 use crate::reservation::Reservation;
 use crate::summary::SpaceSummary;
-use crate::sys::{maps, memfd, mman, pagemap};
+use crate::sys::{maps, mman, pagemap};
 use crate::table::FrameTable;
 use std::collections::HashMap;
 use std::ptr::NonNull;
@@ -161,6 +161,11 @@ impl LinearSpace {
     /// Inaccessible bytes after the capacity.
     pub fn guard(&self) -> u64 {
         self.guard
+    }
+
+    /// Whether frames of this space may name image `id` (it is attached).
+    pub fn holds_image(&self, id: BackingId) -> bool {
+        self.images.contains_key(&id)
     }
 
     /// The frame table (read-only: changes go through this type's methods).
@@ -338,8 +343,8 @@ impl LinearSpace {
                                 (in_place.len() * self.page) as usize,
                             )
                         };
-                        memfd::read_exact_at(image.fd(), target, page * self.page).map_err(|source| Error::Kernel {
-                            syscall: "pread",
+                        image.copy_to(page * self.page, target).map_err(|source| Error::Kernel {
+                            syscall: "copy from image",
                             start: in_place.start * self.page,
                             end: in_place.end * self.page,
                             source,

@@ -81,6 +81,18 @@ pub(crate) unsafe fn replace_with_file(
     Ok(())
 }
 
+/// Maps `len` bytes of the file read-only and shared at a kernel-chosen
+/// address (a view for copying out of it).
+///
+/// # Safety
+/// The file must cover `len` bytes and never shrink while mapped.
+pub(crate) unsafe fn map_file_read_only(fd: rustix::fd::BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a non-fixed mapping cannot overlap existing objects; the file
+    // covers the range and cannot shrink (function contract).
+    let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0) }?;
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
+}
+
 /// Changes the protection of `[addr, addr + len)`, keeping its contents.
 ///
 /// # Safety

@@ -1,0 +1,126 @@
+//! Handing images to the creator during one instantiation.
+//!
+//! `MemoryCreator::new_memory` is not told which module or memory it serves.
+//! An instantiation with images therefore installs a [`Pending`] plan in a
+//! thread-local for exactly the duration of the (synchronous) instantiate
+//! call, or of each `poll` of an asynchronous one ([`WithPlan`]), so a
+//! future that moves between threads carries its plan with it. wasmtime
+//! allocates a module's defined memories in index order (after the GC heap,
+//! when the module needs one); the creator gives the next planned image to a
+//! request only if its memory type equals the plan's, and the caller checks
+//! afterwards that every planned memory was served ([`Pending::finish`]):
+//! an image is applied to the right memory or the instantiation fails, never
+//! silently wrong.
+
+use framemap::Image;
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use wasmtime::MemoryType;
+
+/// The type facts of a memory that a request must match exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MemoryFacts {
+    pub minimum_bytes: u64,
+    pub maximum_bytes: Option<u64>,
+    pub shared: bool,
+    pub memory64: bool,
+    pub page_size_log2: u8,
+}
+
+impl MemoryFacts {
+    /// The facts of a wasmtime memory type (`None` if a size overflows).
+    pub fn of(ty: &MemoryType) -> Option<MemoryFacts> {
+        let page = 1u64.checked_shl(u32::from(ty.page_size_log2()))?;
+        Some(MemoryFacts {
+            minimum_bytes: ty.minimum().checked_mul(page)?,
+            maximum_bytes: match ty.maximum() {
+                Some(max) => Some(max.checked_mul(page)?),
+                None => None,
+            },
+            shared: ty.is_shared(),
+            memory64: ty.is_64(),
+            page_size_log2: ty.page_size_log2(),
+        })
+    }
+}
+
+/// One defined memory of a prepared module: its type and initial image.
+#[derive(Clone, Debug)]
+pub(crate) struct MemoryPlan {
+    pub facts: MemoryFacts,
+    pub image: Option<Image>,
+}
+
+/// The images still to hand out in one instantiation.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    creator: usize,
+    plan: Arc<[MemoryPlan]>,
+    next: usize,
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+}
+
+impl Pending {
+    pub fn new(creator: usize, plan: Arc<[MemoryPlan]>) -> Pending {
+        Pending { creator, plan, next: 0 }
+    }
+
+    /// Runs `f` with this plan installed for the current thread.
+    pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let plan = Pending { creator: self.creator, plan: self.plan.clone(), next: self.next };
+        let previous = PENDING.replace(Some(plan));
+        let result = f();
+        if let Some(after) = PENDING.replace(previous) {
+            self.next = after.next;
+        }
+        result
+    }
+
+    /// Whether every planned memory was served; otherwise how many were.
+    pub fn finish(&self) -> Result<(), (usize, usize)> {
+        if self.next == self.plan.len() { Ok(()) } else { Err((self.next, self.plan.len())) }
+    }
+}
+
+/// Called by the creator for each memory request: the planned image of the
+/// next memory if a plan of `creator` is installed and `ty` is that memory's
+/// type (advancing the plan), `None` otherwise.
+pub(crate) fn take_image(creator: usize, ty: &MemoryType) -> Option<Image> {
+    PENDING.with_borrow_mut(|pending| {
+        let pending = pending.as_mut().filter(|p| p.creator == creator)?;
+        let planned = pending.plan.get(pending.next)?;
+        if Some(planned.facts) != MemoryFacts::of(ty) {
+            return None;
+        }
+        pending.next += 1;
+        planned.image.clone()
+    })
+}
+
+/// A future that installs its plan around every poll of `inner`.
+pub(crate) struct WithPlan<'a, F> {
+    inner: Pin<Box<F>>,
+    pending: &'a mut Pending,
+}
+
+impl<'a, F> WithPlan<'a, F> {
+    pub fn new(inner: F, pending: &'a mut Pending) -> Self {
+        WithPlan { inner: Box::pin(inner), pending }
+    }
+}
+
+impl<F: Future> Future for WithPlan<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let inner = &mut this.inner;
+        this.pending.run(|| inner.as_mut().poll(cx))
+    }
+}

@@ -1,0 +1,222 @@
+//! [`PreparedModule`]: instantiation from copy-on-write images.
+//!
+//! A module's active data segments with constant, in-bounds offsets are cut
+//! into one [`Image`] per defined memory ([`crate::prepare`]); the module is
+//! compiled with those segments emptied but kept. Instantiating it through
+//! this type hands the images to the [`FrameMemoryCreator`] (see
+//! [`crate::pending`]), which maps them copy-on-write: instantiation costs
+//! the same whatever the images' sizes, and a recycled slot that served the
+//! same image is reset to it by dropping (or rewriting) only the pages the
+//! guest dirtied. A module that cannot be prepared is compiled unchanged and
+//! instantiates exactly as with plain wasmtime; [`PreparedModule::not_prepared`]
+//! says why.
+
+use crate::creator::FrameMemoryCreator;
+use crate::error::{Error, Result};
+use crate::pending::{MemoryFacts, MemoryPlan, Pending, WithPlan};
+use crate::prepare::{NotPrepared, Preparation, prepare};
+use framemap::Image;
+use std::sync::Arc;
+use wasmtime::{AsContextMut, Engine, Extern, Instance, InstancePre, Linker, Module};
+
+/// A module compiled for instantiation from images, bound to the
+/// [`FrameMemoryCreator`] installed in its engine.
+#[derive(Clone, Debug)]
+pub struct PreparedModule {
+    module: Module,
+    creator: Arc<FrameMemoryCreator>,
+    /// One entry per defined memory; `None` if the module is not prepared.
+    plan: Option<Arc<[MemoryPlan]>>,
+    not_prepared: Option<NotPrepared>,
+}
+
+impl PreparedModule {
+    /// Prepares and compiles `wasm` (binary or text) for `engine`, whose
+    /// `Config` must have `creator` installed with [`crate::configure`].
+    pub fn new(creator: &Arc<FrameMemoryCreator>, engine: &Engine, wasm: impl AsRef<[u8]>) -> Result<PreparedModule> {
+        let text_or_binary = wasm.as_ref();
+        let binary = wat::parse_bytes(text_or_binary).map_err(|e| Error::InvalidModule(e.to_string()))?;
+        let compile = |bytes: &[u8]| Module::new(engine, bytes).map_err(|e| Error::InvalidModule(format!("{e:#}")));
+        let preparation = prepare(&binary).map_err(|e| Error::InvalidModule(e.to_string()))?;
+        let (module, plan, not_prepared) = match preparation {
+            Preparation::Prepared(prepared) => {
+                let mut plan = Vec::with_capacity(prepared.memories.len());
+                for memory in &prepared.memories {
+                    let image = match memory.segments.iter().map(|(o, b)| o + b.len() as u64).max() {
+                        Some(end) => Some(
+                            Image::from_segments(end, memory.segments.iter().map(|(o, b)| (*o, b.as_slice())))
+                                .map_err(|source| Error::Image { memory: memory.memory_index, source })?,
+                        ),
+                        None => None,
+                    };
+                    let facts = MemoryFacts {
+                        minimum_bytes: memory.minimum_bytes,
+                        maximum_bytes: memory.maximum_bytes,
+                        shared: memory.shared,
+                        memory64: memory.memory64,
+                        page_size_log2: memory.page_size_log2 as u8,
+                    };
+                    plan.push(MemoryPlan { facts, image });
+                }
+                let first_memory = prepared.memories.first().map_or(0, |m| m.memory_index);
+                match gc_heap_ambiguity(&binary, &plan, first_memory) {
+                    Some(reason) => (compile(&binary)?, None, Some(reason)),
+                    None => (compile(&prepared.wasm)?, Some(plan.into()), None),
+                }
+            }
+            Preparation::Unprepared { reason } => (compile(&binary)?, None, Some(reason)),
+        };
+        Ok(PreparedModule { module, creator: creator.clone(), plan, not_prepared })
+    }
+
+    /// The compiled module (with its cut data segments emptied, if prepared):
+    /// instantiate it through this type, or its memories start zeroed.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Why the module runs unprepared (its data segments copied at each
+    /// instantiation, as in plain wasmtime), or `None` if it is prepared.
+    pub fn not_prepared(&self) -> Option<&NotPrepared> {
+        self.not_prepared.as_ref()
+    }
+
+    /// The image of each defined memory, in defined-memory order (`None` for
+    /// a memory without one, and for every memory of an unprepared module).
+    pub fn images(&self) -> Vec<Option<Image>> {
+        self.plan.as_deref().map_or_else(Vec::new, |plan| plan.iter().map(|m| m.image.clone()).collect())
+    }
+
+    /// Instantiates the module with `imports`, its memories starting from
+    /// their images.
+    pub fn instantiate(&self, mut store: impl AsContextMut, imports: &[Extern]) -> wasmtime::Result<Instance> {
+        self.run(|| Instance::new(&mut store, &self.module, imports))
+    }
+
+    /// Asynchronous [`PreparedModule::instantiate`], for stores of async
+    /// engines; the future may move between threads.
+    pub async fn instantiate_async(
+        &self,
+        mut store: impl AsContextMut<Data: Send>,
+        imports: &[Extern],
+    ) -> wasmtime::Result<Instance> {
+        self.run_async(Instance::new_async(&mut store, &self.module, imports)).await
+    }
+
+    /// Instantiates the module with imports resolved by `linker`.
+    pub fn instantiate_with<T: 'static>(
+        &self,
+        linker: &Linker<T>,
+        mut store: impl AsContextMut<Data = T>,
+    ) -> wasmtime::Result<Instance> {
+        self.run(|| linker.instantiate(&mut store, &self.module))
+    }
+
+    /// Asynchronous [`PreparedModule::instantiate_with`].
+    pub async fn instantiate_with_async<T: Send + 'static>(
+        &self,
+        linker: &Linker<T>,
+        mut store: impl AsContextMut<Data = T>,
+    ) -> wasmtime::Result<Instance> {
+        self.run_async(linker.instantiate_async(&mut store, &self.module)).await
+    }
+
+    /// Resolves imports with `linker` once, for many fast instantiations.
+    pub fn instance_pre<T: 'static>(&self, linker: &Linker<T>) -> wasmtime::Result<PreparedInstancePre<T>> {
+        Ok(PreparedInstancePre { pre: linker.instantiate_pre(&self.module)?, prepared: self.clone() })
+    }
+
+    fn pending(&self) -> Option<Pending> {
+        self.plan.clone().map(|plan| Pending::new(self.creator.id(), plan))
+    }
+
+    fn run(&self, instantiate: impl FnOnce() -> wasmtime::Result<Instance>) -> wasmtime::Result<Instance> {
+        match self.pending() {
+            None => instantiate(),
+            Some(mut pending) => {
+                let instance = pending.run(instantiate)?;
+                check_served(&pending)?;
+                Ok(instance)
+            }
+        }
+    }
+
+    async fn run_async(
+        &self,
+        instantiate: impl Future<Output = wasmtime::Result<Instance>>,
+    ) -> wasmtime::Result<Instance> {
+        match self.pending() {
+            None => instantiate.await,
+            Some(mut pending) => {
+                let instance = WithPlan::new(instantiate, &mut pending).await?;
+                check_served(&pending)?;
+                Ok(instance)
+            }
+        }
+    }
+}
+
+/// A [`PreparedModule`] whose imports are resolved: the fastest way to
+/// instantiate it many times.
+pub struct PreparedInstancePre<T: 'static> {
+    pre: InstancePre<T>,
+    prepared: PreparedModule,
+}
+
+impl<T: 'static> Clone for PreparedInstancePre<T> {
+    fn clone(&self) -> Self {
+        PreparedInstancePre { pre: self.pre.clone(), prepared: self.prepared.clone() }
+    }
+}
+
+impl<T: 'static> PreparedInstancePre<T> {
+    /// Instantiates the module in `store`, its memories starting from their
+    /// images.
+    pub fn instantiate(&self, mut store: impl AsContextMut<Data = T>) -> wasmtime::Result<Instance> {
+        self.prepared.run(|| self.pre.instantiate(&mut store))
+    }
+
+    /// Asynchronous [`PreparedInstancePre::instantiate`].
+    pub async fn instantiate_async(&self, mut store: impl AsContextMut<Data = T>) -> wasmtime::Result<Instance>
+    where
+        T: Send,
+    {
+        self.prepared.run_async(self.pre.instantiate_async(&mut store)).await
+    }
+
+    /// The prepared module.
+    pub fn prepared(&self) -> &PreparedModule {
+        &self.prepared
+    }
+}
+
+fn check_served(pending: &Pending) -> wasmtime::Result<()> {
+    pending.finish().map_err(|(served, planned)| wasmtime::Error::new(Error::ImagesNotServed { served, planned }))
+}
+
+/// wasmtime allocates a module's GC heap (if it needs one) just before its
+/// memories, through the same creator, with the type of a 32-bit, unshared,
+/// maximum-less memory of 64 KiB pages. If the first defined memory has that
+/// shape too and the module may need a GC heap, the two requests could not be
+/// told apart, so such a module is left unprepared. "May need a GC heap" is
+/// decided as wasmtime's engines without a collector decide it: the module
+/// does not validate without wasmparser's GC types (nor exceptions, whose
+/// objects live in the GC heap).
+fn gc_heap_ambiguity(wasm: &[u8], plan: &[MemoryPlan], first_memory: u32) -> Option<NotPrepared> {
+    use wasmparser::{Validator, WasmFeatures};
+    let first = plan.first()?.facts;
+    let gc_shaped = !first.memory64 && !first.shared && first.maximum_bytes.is_none() && first.page_size_log2 == 16;
+    if !gc_shaped {
+        return None;
+    }
+    let without_gc = WasmFeatures::all()
+        - WasmFeatures::GC_TYPES
+        - WasmFeatures::GC
+        - WasmFeatures::EXCEPTIONS
+        - WasmFeatures::LEGACY_EXCEPTIONS
+        - WasmFeatures::STACK_SWITCHING;
+    match Validator::new_with_features(without_gc).validate_all(wasm) {
+        Ok(_) => None,
+        Err(_) => Some(NotPrepared::GcHeapShapedMemory { memory: first_memory }),
+    }
+}
