@@ -12,7 +12,7 @@ use crate::memory::{FrameMemory, LiveMemory};
 use crate::pending;
 use crate::pool::{SlotKey, SlotPool};
 use crate::report::MemoryHandle;
-use framemap::{Image, LinearSpace, ResetPolicy, SpaceConfig};
+use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -54,6 +54,8 @@ pub struct CreatorStats {
     pub idle: u64,
     /// Memories alive now.
     pub live: u64,
+    /// Bytes prefaulted into fresh slots from remembered working sets.
+    pub prefaulted: u64,
 }
 
 /// State shared by a creator and every memory it made (memories outlive
@@ -67,6 +69,10 @@ pub(crate) struct CreatorShared {
     reused: AtomicU64,
     recycled: AtomicU64,
     released: AtomicU64,
+    prefaulted: AtomicU64,
+    /// Images whose working set is prefaulted into fresh slots, with the
+    /// dirty runs the last reset of a slot serving them found.
+    working_sets: Mutex<HashMap<BackingId, Vec<PageRange>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,17 +98,31 @@ impl CreatorShared {
         let initial_len = if image.is_some() { 0 } else { minimum };
         let mut space =
             LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len }).map_err(create)?;
-        if image.is_some() {
-            space.restore_layout(minimum, image).map_err(create)?;
+        if let Some(image) = image {
+            space.restore_layout(minimum, Some(image)).map_err(create)?;
+            let working_set = lock(&self.working_sets).get(&image.id()).cloned();
+            if let Some(ranges) = working_set
+                && let Ok(bytes) = space.populate(&ranges)
+            {
+                self.prefaulted.fetch_add(bytes, Ordering::Relaxed);
+            }
         }
         self.created.fetch_add(1, Ordering::Relaxed);
         Ok(space)
     }
 
     /// Takes back the space of a dropped memory.
-    pub(crate) fn release(&self, base: usize, mut space: LinearSpace) {
+    pub(crate) fn release(&self, base: usize, mut space: LinearSpace, image: Option<BackingId>) {
         lock(&self.live).remove(&base);
-        let keep = self.config.max_idle_slots > 0 && space.zero_dirty(self.config.reset).is_ok();
+        let reset = space.zero_dirty(self.config.reset).is_ok();
+        if reset
+            && let Some(id) = image
+            && let Some(working_set) = lock(&self.working_sets).get_mut(&id)
+        {
+            working_set.clear();
+            working_set.extend_from_slice(space.last_dirty());
+        }
+        let keep = self.config.max_idle_slots > 0 && reset;
         if keep && lock(&self.pool).put(space, self.config.max_idle_slots) {
             self.recycled.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -153,8 +173,23 @@ impl FrameMemoryCreator {
             reused: s.reused.load(Ordering::Relaxed),
             recycled: s.recycled.load(Ordering::Relaxed),
             released: s.released.load(Ordering::Relaxed),
+            prefaulted: s.prefaulted.load(Ordering::Relaxed),
             idle: lock(&s.pool).len() as u64,
             live: lock(&s.live).len() as u64,
+        }
+    }
+
+    /// Turns working-set prefaulting on or off for `image`: when on, each
+    /// reset of a memory that started from `image` remembers the pages its
+    /// guest dirtied, and a memory given a fresh slot for `image` has those
+    /// pages populated for writing in one batched call
+    /// (`MADV_POPULATE_WRITE`) instead of taking one fault per page.
+    pub fn prefault_working_set(&self, image: &Image, enable: bool) {
+        let mut sets = lock(&self.shared.working_sets);
+        if enable {
+            sets.entry(image.id()).or_default();
+        } else {
+            sets.remove(&image.id());
         }
     }
 
@@ -216,7 +251,7 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         let key = SlotKey { capacity, guard: guard_size_in_bytes as u64 };
         let image = pending::take_image(Arc::as_ptr(&self.shared) as usize, &ty);
         let space = self.shared.acquire(key, minimum, image.as_ref()).map_err(|e| e.to_string())?;
-        let memory = FrameMemory::new(space, self.shared.clone());
+        let memory = FrameMemory::new(space, self.shared.clone(), image.as_ref().map(Image::id));
         let live = Arc::downgrade(memory.live());
         lock(&self.shared.live).insert(memory.live().base(), live);
         Ok(Box::new(memory))

@@ -7,7 +7,7 @@
 
 use crate::creator::CreatorShared;
 use crate::error::Error;
-use framemap::LinearSpace;
+use framemap::{BackingId, LinearSpace};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A memory's space, reachable from handles while the memory is alive.
@@ -35,13 +35,15 @@ pub(crate) struct FrameMemory {
     creator: Arc<CreatorShared>,
     len: usize,
     capacity: usize,
+    /// The image the memory started from, if any.
+    image: Option<BackingId>,
 }
 
 impl FrameMemory {
-    pub(crate) fn new(space: LinearSpace, creator: Arc<CreatorShared>) -> FrameMemory {
+    pub(crate) fn new(space: LinearSpace, creator: Arc<CreatorShared>, image: Option<BackingId>) -> FrameMemory {
         let (len, capacity) = (space.len() as usize, space.capacity() as usize);
         let live = Arc::new(LiveMemory { base: space.base().as_ptr() as usize, space: Mutex::new(Some(space)) });
-        FrameMemory { live, creator, len, capacity }
+        FrameMemory { live, creator, len, capacity, image }
     }
 
     pub(crate) fn live(&self) -> &Arc<LiveMemory> {
@@ -85,7 +87,7 @@ impl Drop for FrameMemory {
     fn drop(&mut self) {
         let space = self.live.lock().take();
         if let Some(space) = space {
-            self.creator.release(self.live.base, space);
+            self.creator.release(self.live.base, space, self.image);
         }
     }
 }

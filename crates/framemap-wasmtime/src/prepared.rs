@@ -87,6 +87,14 @@ impl PreparedModule {
         self.plan.as_deref().map_or_else(Vec::new, |plan| plan.iter().map(|m| m.image.clone()).collect())
     }
 
+    /// Turns working-set prefaulting on or off for every image of the module
+    /// (see [`FrameMemoryCreator::prefault_working_set`]).
+    pub fn prefault_working_set(&self, enable: bool) {
+        for image in self.images().into_iter().flatten() {
+            self.creator.prefault_working_set(&image, enable);
+        }
+    }
+
     /// Instantiates the module with `imports`, its memories starting from
     /// their images.
     pub fn instantiate(&self, mut store: impl AsContextMut, imports: &[Extern]) -> wasmtime::Result<Instance> {

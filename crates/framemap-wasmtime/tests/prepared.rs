@@ -4,7 +4,7 @@
 
 use framemap::{FrameKind, FrameTag};
 use framemap_wasmtime::prepare::NotPrepared;
-use framemap_wasmtime::{FrameMemoryCreator, PreparedModule, configure};
+use framemap_wasmtime::{CreatorConfig, FrameMemoryCreator, PreparedModule, configure};
 use std::sync::Arc;
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store};
 
@@ -209,4 +209,31 @@ fn async_instantiation_carries_its_images_across_threads() {
             assert_eq!(task.await.unwrap(), b"one mebibyte");
         }
     });
+}
+
+#[test]
+fn fresh_slots_start_with_the_last_working_set_prefaulted() {
+    let creator = FrameMemoryCreator::with_config(CreatorConfig { max_idle_slots: 0, ..CreatorConfig::default() });
+    let engine = engine(&creator);
+    let prepared = PreparedModule::new(&creator, &engine, MODULE).unwrap();
+    let page = framemap::host_page_size() as u64;
+    // Instantiates on a fresh slot, returns the resident bytes before the
+    // guest runs, then dirties 32 pages (64 KiB apart) and drops the store.
+    let run = || {
+        let mut store = Store::new(&engine, ());
+        let instance = prepared.instantiate(&mut store, &[]).unwrap();
+        let memory = instance.get_memory(&mut store, "m").unwrap();
+        let resident = creator.handle(&store, &memory).unwrap().report().unwrap().summary.total_resident();
+        instance.get_typed_func::<i32, ()>(&mut store, "dirty").unwrap().call(&mut store, 32).unwrap();
+        resident
+    };
+    assert!(run() < 4 * page, "without prefaulting a fresh slot starts cold");
+    prepared.prefault_working_set(true);
+    run(); // its reset records the working set
+    let warm = run();
+    assert!(warm >= 32 * page, "the 32 dirtied pages were prefaulted: {warm} bytes resident");
+    assert_eq!(creator.stats().prefaulted, 32 * page);
+    assert_eq!(creator.stats().reused, 0, "every slot was fresh");
+    prepared.prefault_working_set(false);
+    assert!(run() < 4 * page);
 }

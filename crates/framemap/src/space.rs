@@ -97,6 +97,8 @@ pub struct LinearSpace {
     page: u64,
     /// Images that frames of this space may name (invariant 5).
     images: HashMap<BackingId, Image>,
+    /// The dirty runs the last [`LinearSpace::zero_dirty`] found.
+    last_dirty: Vec<PageRange>,
 }
 
 impl LinearSpace {
@@ -133,6 +135,7 @@ impl LinearSpace {
             len: 0,
             page,
             images: HashMap::new(),
+            last_dirty: Vec::new(),
         };
         space.grow_to(config.initial_len)?;
         Ok(space)
@@ -305,8 +308,10 @@ impl LinearSpace {
             .is_ok()
         {
             report.scanned = true;
+            self.last_dirty.clone_from(&dirty);
         } else {
             dirty = vec![accessible];
+            self.last_dirty.clear();
         }
         let mut budget = if report.scanned { policy.keep_resident / self.page } else { 0 };
         let mut to_drop: Vec<PageRange> = Vec::new();
@@ -365,6 +370,50 @@ impl LinearSpace {
             report.dropped += range.len() * self.page;
         }
         Ok(report)
+    }
+
+    /// The runs of pages the last [`LinearSpace::zero_dirty`] found dirty, in
+    /// page order (empty if it could not scan): the working set of the
+    /// memory's last user.
+    pub fn last_dirty(&self) -> &[PageRange] {
+        &self.last_dirty
+    }
+
+    /// Faults in, for writing, the writable pages of `ranges` (clipped to
+    /// the accessible pages) with one `madvise(MADV_POPULATE_WRITE)` per
+    /// stretch, so a guest writing them takes no page fault; on kernels
+    /// without it, each page is touched instead. Contents do not change.
+    /// Returns the bytes populated.
+    pub fn populate(&mut self, ranges: &[PageRange]) -> Result<u64> {
+        let mut stretches: Vec<PageRange> = Vec::new();
+        for &range in ranges {
+            for (run, frame) in self.table.runs_in(range.intersect(self.accessible_pages())) {
+                match frame.kind() {
+                    FrameKind::Zero | FrameKind::Image { .. } if frame.prot().writable() => {
+                        push_coalesced(&mut stretches, run)
+                    }
+                    FrameKind::Zero | FrameKind::Image { .. } | FrameKind::Unmapped | FrameKind::Shared { .. } => {}
+                }
+            }
+        }
+        let mut bytes = 0;
+        for run in stretches {
+            let (addr, len) = (self.addr_of(run.start), (run.len() * self.page) as usize);
+            // SAFETY: `run` is a writable Zero or Image run of this reservation
+            // (table == kernel, invariant 1), and `&mut self` excludes other
+            // host access; populating leaves every byte as it was.
+            if unsafe { mman::populate_write(addr, len) }.is_err() {
+                for page in 0..run.len() {
+                    // SAFETY: as above; each byte is rewritten with its value.
+                    unsafe {
+                        let p = addr.add((page * self.page) as usize);
+                        p.write_volatile(p.read_volatile());
+                    }
+                }
+            }
+            bytes += run.len() * self.page;
+        }
+        Ok(bytes)
     }
 
     /// Sets the layout of a fresh memory of `len` bytes that starts with
