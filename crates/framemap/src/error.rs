@@ -106,6 +106,12 @@ pub enum Error {
         /// The backing's length.
         len: u64,
     },
+    /// The buffer was revoked: it can no longer be mapped or accessed.
+    #[error("buffer #{id} was revoked")]
+    Revoked {
+        /// The buffer.
+        id: u64,
+    },
     /// A frame names a backing object this memory does not hold.
     #[error("backing #{id} is not attached to this memory")]
     UnknownBacking {

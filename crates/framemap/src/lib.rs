@@ -24,6 +24,7 @@
 //! # Ok::<(), framemap::Error>(())
 //! ```
 
+mod buffer;
 mod error;
 mod frame;
 mod image;
@@ -34,6 +35,7 @@ mod summary;
 mod sys;
 mod table;
 
+pub use buffer::{BufferGrant, SharedBuffer, WindowHost};
 pub use error::{Error, Result};
 pub use frame::{BackingId, Frame, FrameKind, FrameTag, Protection};
 pub use image::Image;

@@ -10,14 +10,17 @@
 //!    page or the new one, never a hole.
 //! 3. An `Unmapped` page is fresh anonymous `PROT_NONE` memory holding no page:
 //!    mapping it as `Zero` therefore only needs an `mprotect`.
-//! 4. Pages `[0, ceil(len / page))` may be mapped; every page from there to the
-//!    end of the reservation (the growable rest and the guard) is `Unmapped`.
-//! 5. Every `Image` frame names an image the space holds (so its file stays
-//!    open and sealed for as long as it is mapped) and lies inside it.
+//! 4. Pages `[0, ceil(len / page))` may be mapped (windows may also leave
+//!    `Unmapped` holes there); every page from there to the end of the
+//!    reservation (the growable rest and the guard) is `Unmapped`.
+//! 5. Every `Image` frame names an image, and every `Shared` frame a granted,
+//!    unrevoked buffer, that the space holds (so its file stays open and
+//!    sealed for as long as it is mapped) and lies inside it.
 //!
 //! Public operations validate their whole argument before any kernel call, so
 //! a rejected call changes nothing.
 
+use crate::buffer::{BufferGrant, SharedBuffer};
 use crate::error::{Error, Result};
 use crate::frame::{BackingId, Frame, FrameKind, FrameTag, Protection};
 use crate::image::Image;
@@ -97,6 +100,8 @@ pub struct LinearSpace {
     page: u64,
     /// Images that frames of this space may name (invariant 5).
     images: HashMap<BackingId, Image>,
+    /// Buffers that frames of this space may name (invariant 5).
+    buffers: HashMap<BackingId, SharedBuffer>,
     /// The dirty runs the last [`LinearSpace::zero_dirty`] found.
     last_dirty: Vec<PageRange>,
 }
@@ -135,6 +140,7 @@ impl LinearSpace {
             len: 0,
             page,
             images: HashMap::new(),
+            buffers: HashMap::new(),
             last_dirty: Vec::new(),
         };
         space.grow_to(config.initial_len)?;
@@ -225,7 +231,86 @@ impl LinearSpace {
             return Err(Error::PastBacking { id: image.id().0, start: image_offset, end: image_end, len: image.len() });
         }
         self.images.entry(image.id()).or_insert_with(|| image.clone());
-        self.commit(range, Change::Map(Frame::image(image.id(), image_offset / self.page, prot)))
+        let result = self.commit(range, Change::Map(Frame::image(image.id(), image_offset / self.page, prot)));
+        self.forget_unused_backings();
+        result
+    }
+
+    /// Maps `len` bytes of the granted buffer from `buffer_offset` at
+    /// `offset`, shared, with protection `prot`: guest writes reach the host
+    /// and every other window of the buffer. Offsets and `len` must be page
+    /// aligned; the range must be inside the accessible pages and the buffer.
+    pub fn map_buffer(
+        &mut self,
+        offset: u64,
+        grant: &BufferGrant,
+        buffer_offset: u64,
+        len: u64,
+        prot: Protection,
+    ) -> Result<()> {
+        let buffer = grant.buffer();
+        let range = self.page_range(offset, len)?;
+        let end = buffer_offset.checked_add(len).ok_or(Error::Overflow { start: buffer_offset, len })?;
+        if !buffer_offset.is_multiple_of(self.page) {
+            return Err(Error::Misaligned { start: buffer_offset, len, page_size: self.page as usize });
+        }
+        if end > buffer.len() {
+            return Err(Error::PastBacking { id: buffer.id().0, start: buffer_offset, end, len: buffer.len() });
+        }
+        if buffer.is_revoked() {
+            return Err(Error::Revoked { id: buffer.id().0 });
+        }
+        self.buffers.entry(buffer.id()).or_insert_with(|| buffer.clone());
+        let result = self.commit(range, Change::Map(Frame::shared(buffer.id(), buffer_offset / self.page, prot)));
+        self.forget_unused_backings();
+        result
+    }
+
+    /// Maps fresh zero pages at the page-aligned range `offset..offset + len`,
+    /// with protection `prot`, whatever was there.
+    pub fn map_zero(&mut self, offset: u64, len: u64, prot: Protection) -> Result<()> {
+        let range = self.page_range(offset, len)?;
+        let result = self.commit(range, Change::Map(Frame::zero(prot)));
+        self.forget_unused_backings();
+        result
+    }
+
+    /// Unmaps the page-aligned range `offset..offset + len`: its frames become
+    /// `Unmapped` and a guest touching them traps; the size does not change.
+    pub fn unmap(&mut self, offset: u64, len: u64) -> Result<()> {
+        let range = self.page_range(offset, len)?;
+        let result = self.commit(range, Change::Map(Frame::UNMAPPED));
+        self.forget_unused_backings();
+        result
+    }
+
+    /// Unmaps every window of buffer `id` (revocation).
+    pub fn unmap_buffer(&mut self, id: BackingId) -> Result<()> {
+        let windows: Vec<_> = self
+            .table
+            .runs()
+            .filter(|(_, f)| matches!(f.kind(), FrameKind::Shared { buffer, .. } if buffer == id))
+            .map(|(run, _)| run)
+            .collect();
+        for run in windows {
+            self.commit(run, Change::Map(Frame::UNMAPPED))?;
+        }
+        self.buffers.remove(&id);
+        Ok(())
+    }
+
+    /// Drops the images and buffers no frame names any more.
+    fn forget_unused_backings(&mut self) {
+        let table = &self.table;
+        let named = |id: BackingId| {
+            table.runs().any(|(_, f)| match f.kind() {
+                FrameKind::Image { image, .. } => image == id,
+                FrameKind::Shared { buffer, .. } => buffer == id,
+                FrameKind::Unmapped | FrameKind::Zero => false,
+            })
+        };
+        self.images.retain(|id, _| named(*id));
+        self.buffers.retain(|id, _| named(*id));
     }
 
     /// Discards the contents of the page-aligned range `offset..offset + len`:
@@ -253,6 +338,7 @@ impl LinearSpace {
                 FrameKind::Shared { .. } => return Err(self.wrong_frames("discard", FrameTag::Shared, run)),
             }
         }
+        self.forget_unused_backings();
         match stretch {
             Some(s) => self.drop_pages(s),
             None => Ok(()),
@@ -456,10 +542,7 @@ impl LinearSpace {
             }
         }
         self.len = len;
-        let table = &self.table;
-        self.images.retain(|id, _| {
-            table.runs().any(|(_, f)| matches!(f.kind(), FrameKind::Image { image, .. } if image == *id))
-        });
+        self.forget_unused_backings();
         Ok(())
     }
 
@@ -491,7 +574,10 @@ impl LinearSpace {
                     let inode = self.images.get(&image).map_or(0, Image::inode);
                     (false, Some((inode, page * self.page)))
                 }
-                FrameKind::Shared { .. } => (true, Some((0, 0))),
+                FrameKind::Shared { buffer, page } => {
+                    let inode = self.buffers.get(&buffer).map_or(0, SharedBuffer::inode);
+                    (true, Some((inode, page * self.page)))
+                }
             };
             let perms =
                 [if r { b'r' } else { b'-' }, if w { b'w' } else { b'-' }, b'-', if shared { b's' } else { b'p' }];
@@ -586,7 +672,16 @@ impl LinearSpace {
                         }
                         .map_err(|e| kernel("mmap", e))?;
                     }
-                    FrameKind::Shared { buffer, .. } => return Err(Error::UnknownBacking { id: buffer.0 }),
+                    FrameKind::Shared { buffer, page } => {
+                        let buffer = self.buffers.get(&buffer).ok_or(Error::UnknownBacking { id: buffer.0 })?;
+                        // SAFETY: as above; the buffer's file is sealed
+                        // against shrinking and covers the range
+                        // (`map_buffer` checks it against the length).
+                        unsafe {
+                            mman::replace_with_file(addr, len, frame.prot(), buffer.fd(), page * self.page, true)
+                        }
+                        .map_err(|e| kernel("mmap", e))?;
+                    }
                 }
                 self.table.set(range, frame);
             }

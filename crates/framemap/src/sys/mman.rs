@@ -93,6 +93,19 @@ pub(crate) unsafe fn map_file_read_only(fd: rustix::fd::BorrowedFd<'_>, len: usi
     NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
 }
 
+/// Maps `len` bytes of the file read-write and shared at a kernel-chosen
+/// address (the host's view of a buffer).
+///
+/// # Safety
+/// The file must cover `len` bytes and never shrink while mapped.
+pub(crate) unsafe fn map_file_shared(fd: rustix::fd::BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a non-fixed mapping cannot overlap existing objects; the file
+    // covers the range and cannot shrink (function contract).
+    let ptr =
+        unsafe { mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0) }?;
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
+}
+
 /// Changes the protection of `[addr, addr + len)`, keeping its contents.
 ///
 /// # Safety
