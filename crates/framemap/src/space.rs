@@ -102,6 +102,9 @@ pub struct LinearSpace {
     images: HashMap<BackingId, Image>,
     /// Buffers that frames of this space may name (invariant 5).
     buffers: HashMap<BackingId, SharedBuffer>,
+    /// How many pages name each image or buffer; a backing is let go when
+    /// its count drops to zero ([`LinearSpace::commit`] keeps it).
+    backing_pages: HashMap<BackingId, u64>,
     /// The dirty runs the last [`LinearSpace::zero_dirty`] found.
     last_dirty: Vec<PageRange>,
 }
@@ -141,6 +144,7 @@ impl LinearSpace {
             page,
             images: HashMap::new(),
             buffers: HashMap::new(),
+            backing_pages: HashMap::new(),
             last_dirty: Vec::new(),
         };
         space.grow_to(config.initial_len)?;
@@ -231,9 +235,7 @@ impl LinearSpace {
             return Err(Error::PastBacking { id: image.id().0, start: image_offset, end: image_end, len: image.len() });
         }
         self.images.entry(image.id()).or_insert_with(|| image.clone());
-        let result = self.commit(range, Change::Map(Frame::image(image.id(), image_offset / self.page, prot)));
-        self.forget_unused_backings();
-        result
+        self.commit(range, Change::Map(Frame::image(image.id(), image_offset / self.page, prot)))
     }
 
     /// Maps `len` bytes of the granted buffer from `buffer_offset` at
@@ -261,27 +263,21 @@ impl LinearSpace {
             return Err(Error::Revoked { id: buffer.id().0 });
         }
         self.buffers.entry(buffer.id()).or_insert_with(|| buffer.clone());
-        let result = self.commit(range, Change::Map(Frame::shared(buffer.id(), buffer_offset / self.page, prot)));
-        self.forget_unused_backings();
-        result
+        self.commit(range, Change::Map(Frame::shared(buffer.id(), buffer_offset / self.page, prot)))
     }
 
     /// Maps fresh zero pages at the page-aligned range `offset..offset + len`,
     /// with protection `prot`, whatever was there.
     pub fn map_zero(&mut self, offset: u64, len: u64, prot: Protection) -> Result<()> {
         let range = self.page_range(offset, len)?;
-        let result = self.commit(range, Change::Map(Frame::zero(prot)));
-        self.forget_unused_backings();
-        result
+        self.commit(range, Change::Map(Frame::zero(prot)))
     }
 
     /// Unmaps the page-aligned range `offset..offset + len`: its frames become
     /// `Unmapped` and a guest touching them traps; the size does not change.
     pub fn unmap(&mut self, offset: u64, len: u64) -> Result<()> {
         let range = self.page_range(offset, len)?;
-        let result = self.commit(range, Change::Map(Frame::UNMAPPED));
-        self.forget_unused_backings();
-        result
+        self.commit(range, Change::Map(Frame::UNMAPPED))
     }
 
     /// Unmaps every window of buffer `id` (revocation).
@@ -295,22 +291,7 @@ impl LinearSpace {
         for run in windows {
             self.commit(run, Change::Map(Frame::UNMAPPED))?;
         }
-        self.buffers.remove(&id);
         Ok(())
-    }
-
-    /// Drops the images and buffers no frame names any more.
-    fn forget_unused_backings(&mut self) {
-        let table = &self.table;
-        let named = |id: BackingId| {
-            table.runs().any(|(_, f)| match f.kind() {
-                FrameKind::Image { image, .. } => image == id,
-                FrameKind::Shared { buffer, .. } => buffer == id,
-                FrameKind::Unmapped | FrameKind::Zero => false,
-            })
-        };
-        self.images.retain(|id, _| named(*id));
-        self.buffers.retain(|id, _| named(*id));
     }
 
     /// Discards the contents of the page-aligned range `offset..offset + len`:
@@ -338,7 +319,6 @@ impl LinearSpace {
                 FrameKind::Shared { .. } => return Err(self.wrong_frames("discard", FrameTag::Shared, run)),
             }
         }
-        self.forget_unused_backings();
         match stretch {
             Some(s) => self.drop_pages(s),
             None => Ok(()),
@@ -542,7 +522,10 @@ impl LinearSpace {
             }
         }
         self.len = len;
-        self.forget_unused_backings();
+        if image.is_none_or(|i| !self.backing_pages.contains_key(&i.id())) {
+            // `restore_layout` attached an image no page ended up naming.
+            self.images.retain(|id, _| self.backing_pages.contains_key(id));
+        }
         Ok(())
     }
 
@@ -551,6 +534,28 @@ impl LinearSpace {
     /// hole. Used by tests and fuzzing.
     pub fn validate(&self) -> Result<()> {
         self.table.check().map_err(|detail| Error::Diverged { start: 0, end: self.total(), detail })?;
+        let mut counted: HashMap<BackingId, u64> = HashMap::new();
+        for (run, frame) in self.table.runs() {
+            let held = match frame.kind() {
+                FrameKind::Image { image: id, .. } => Some((id, self.images.contains_key(&id))),
+                FrameKind::Shared { buffer: id, .. } => Some((id, self.buffers.contains_key(&id))),
+                FrameKind::Unmapped | FrameKind::Zero => None,
+            };
+            if let Some((id, held)) = held {
+                if !held {
+                    let (start, end) = (run.start * self.page, run.end * self.page);
+                    return Err(Error::Diverged { start, end, detail: format!("backing #{} is not held", id.0) });
+                }
+                *counted.entry(id).or_default() += run.len();
+            }
+        }
+        if counted != self.backing_pages {
+            return Err(Error::Diverged {
+                start: 0,
+                end: self.total(),
+                detail: format!("backing page counts {:?} differ from the table's {counted:?}", self.backing_pages),
+            });
+        }
         let base = self.base().as_ptr() as usize;
         let end = base + self.total() as usize;
         let vmas = maps::vmas_in(base, end).map_err(|source| Error::Kernel {
@@ -683,6 +688,7 @@ impl LinearSpace {
                         .map_err(|e| kernel("mmap", e))?;
                     }
                 }
+                self.count_backings(range, frame);
                 self.table.set(range, frame);
             }
             Change::Protect(prot) => {
@@ -700,6 +706,30 @@ impl LinearSpace {
             }
         }
         Ok(())
+    }
+
+    /// Updates the per-backing page counts for `range` becoming `frame`, and
+    /// lets go of backings no page names any more. Costs O(runs replaced).
+    fn count_backings(&mut self, range: PageRange, frame: Frame) {
+        fn backing(frame: Frame) -> Option<BackingId> {
+            match frame.kind() {
+                FrameKind::Image { image: id, .. } | FrameKind::Shared { buffer: id, .. } => Some(id),
+                FrameKind::Unmapped | FrameKind::Zero => None,
+            }
+        }
+        let replaced: Vec<_> = self.table.runs_in(range).filter_map(|(run, f)| Some((run, backing(f)?))).collect();
+        if let Some(id) = backing(frame) {
+            *self.backing_pages.entry(id).or_default() += range.len();
+        }
+        for (run, id) in replaced {
+            let pages = self.backing_pages.entry(id).or_default();
+            *pages = pages.saturating_sub(run.len());
+            if *pages == 0 {
+                self.backing_pages.remove(&id);
+                self.images.remove(&id);
+                self.buffers.remove(&id);
+            }
+        }
     }
 
     /// `madvise(MADV_DONTNEED)` on `range`: contents only, mappings unchanged.
