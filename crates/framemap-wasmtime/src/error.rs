@@ -67,6 +67,15 @@ pub enum Error {
         /// Memories planned.
         planned: usize,
     },
+    /// A window operation on a live memory was refused (nothing changed).
+    #[error("window operation on memory at {base:#x} refused: {source}")]
+    Window {
+        /// The memory's base address.
+        base: usize,
+        /// Why.
+        #[source]
+        source: framemap::Error,
+    },
     /// Reading a memory's frame table or residency failed.
     #[error("cannot report on memory at {base:#x}: {source}")]
     Report {

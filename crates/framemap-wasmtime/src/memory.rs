@@ -28,6 +28,16 @@ impl LiveMemory {
     }
 }
 
+impl framemap::WindowHost for LiveMemory {
+    fn revoke_windows(&self, buffer: BackingId) {
+        if let Some(space) = self.lock().as_mut() {
+            // A failed unmap (ENOMEM) leaves the window on the buffer's
+            // still-valid file: memory-safe, and `validate` reports it.
+            let _ = space.unmap_buffer(buffer);
+        }
+    }
+}
+
 /// The `LinearMemory` wasmtime holds for each framemap memory.
 #[derive(Debug)]
 pub(crate) struct FrameMemory {

@@ -1,14 +1,20 @@
-//! Read-only views of a live memory's frame table.
+//! Handles to live memories: their frame tables, and windows on them.
 
 use crate::error::{Error, Result};
 use crate::memory::LiveMemory;
-use framemap::{Frame, PageRange, SpaceSummary};
+use framemap::{Frame, Image, LinearSpace, PageRange, Protection, SharedBuffer, SpaceSummary, WindowHost};
 use std::fmt;
 use std::sync::{Arc, Weak};
 
-/// A read-only handle to one framemap memory. It does not keep the memory
-/// alive: once wasmtime drops the memory, queries return
+/// A handle to one live framemap memory: its frame table, and windows
+/// (buffers, images, zero pages) mapped into it while the guest runs. It does
+/// not keep the memory alive: once wasmtime drops the memory, calls return
 /// [`Error::NotFramemap`].
+///
+/// Windows may leave pages inside the memory's size unmapped or
+/// inaccessible: the guest traps on them, but host code reading the memory
+/// through `wasmtime::Memory::data` (a WASI call, say) must not touch them,
+/// or it faults outside wasm.
 #[derive(Clone, Debug)]
 pub struct MemoryHandle {
     base: usize,
@@ -33,6 +39,60 @@ impl MemoryHandle {
         let space = guard.as_ref().ok_or_else(gone)?;
         let summary = space.summary().map_err(|source| Error::Report { base: self.base, source })?;
         Ok(FrameReport { summary, runs: space.table().runs().collect() })
+    }
+
+    /// Maps `len` bytes of `buffer` from `buffer_offset` at guest offset
+    /// `offset`, shared (see [`framemap::LinearSpace::map_buffer`]); the
+    /// memory is registered with the buffer, so revoking it unmaps the
+    /// window.
+    pub fn map_buffer(
+        &self,
+        offset: u64,
+        buffer: &SharedBuffer,
+        buffer_offset: u64,
+        len: u64,
+        prot: Protection,
+    ) -> Result<()> {
+        let live = self.live.upgrade().ok_or(Error::NotFramemap { base: self.base })?;
+        let weak: Weak<LiveMemory> = Arc::downgrade(&live);
+        let weak: Weak<dyn WindowHost> = weak;
+        let grant = buffer.grant(weak).map_err(|source| Error::Window { base: self.base, source })?;
+        self.with_space(|space| space.map_buffer(offset, &grant, buffer_offset, len, prot))
+    }
+
+    /// Maps `len` bytes of `image` from `image_offset` at guest offset
+    /// `offset`, copy-on-write (see [`framemap::LinearSpace::map_image`]).
+    pub fn map_image(&self, offset: u64, image: &Image, image_offset: u64, len: u64, prot: Protection) -> Result<()> {
+        self.with_space(|space| space.map_image(offset, image, image_offset, len, prot))
+    }
+
+    /// Maps fresh zero pages at guest offset `offset`.
+    pub fn map_zero(&self, offset: u64, len: u64, prot: Protection) -> Result<()> {
+        self.with_space(|space| space.map_zero(offset, len, prot))
+    }
+
+    /// Unmaps guest pages: the guest traps on them until they are mapped
+    /// again.
+    pub fn unmap(&self, offset: u64, len: u64) -> Result<()> {
+        self.with_space(|space| space.unmap(offset, len))
+    }
+
+    /// Sets the protection of guest pages, keeping their contents.
+    pub fn protect(&self, offset: u64, len: u64, prot: Protection) -> Result<()> {
+        self.with_space(|space| space.protect(offset, len, prot))
+    }
+
+    /// Discards the contents of guest pages (refused on shared frames).
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.with_space(|space| space.discard(offset, len))
+    }
+
+    fn with_space(&self, f: impl FnOnce(&mut LinearSpace) -> framemap::Result<()>) -> Result<()> {
+        let gone = || Error::NotFramemap { base: self.base };
+        let live = self.live.upgrade().ok_or_else(gone)?;
+        let mut guard = live.lock();
+        let space = guard.as_mut().ok_or_else(gone)?;
+        f(space).map_err(|source| Error::Window { base: self.base, source })
     }
 
     /// Checks the memory's frame table against the kernel's mappings.
