@@ -46,6 +46,31 @@ pub enum Error {
     /// The bytes are not a module this engine can compile.
     #[error("invalid module: {0}")]
     InvalidModule(String),
+    /// Images cannot be given to this module's memories: its data segments
+    /// could not be cut (`reason`), so instantiation copies them itself.
+    #[error("the module's memories cannot be given images{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    NotPrepared {
+        /// Why the module is not prepared.
+        reason: Option<crate::prepare::NotPrepared>,
+    },
+    /// A defined-memory index past the module's defined memories.
+    #[error("the module defines {count} memories; there is no memory {memory}")]
+    NoSuchMemory {
+        /// The index asked for.
+        memory: usize,
+        /// How many memories the module defines.
+        count: usize,
+    },
+    /// An image larger than the memory it would initialise.
+    #[error("an image of {image:#x} bytes does not fit memory {memory}, whose initial size is {limit:#x} bytes")]
+    ImageTooLarge {
+        /// The memory (defined-memory order).
+        memory: usize,
+        /// The image's length.
+        image: u64,
+        /// The memory's initial size, rounded up to whole host pages.
+        limit: u64,
+    },
     /// A memory's image could not be built.
     #[error("cannot build the image of memory {memory}: {source}")]
     Image {

@@ -246,6 +246,37 @@ fn scan(wasm: &[u8]) -> Result<Module<'_>, PrepareError> {
     Ok(module)
 }
 
+/// An entry for defined memory `memory_index`, with no segments yet.
+fn memory_init(memory_index: u32, memory: &Memory, minimum_bytes: u64) -> MemoryInit {
+    MemoryInit {
+        memory_index,
+        minimum_bytes,
+        maximum_bytes: memory.ty.maximum.and_then(|max| max.checked_mul(1u64.checked_shl(memory.ty.page_size_log2())?)),
+        shared: memory.ty.shared,
+        memory64: memory.ty.memory64,
+        page_size_log2: memory.ty.page_size_log2(),
+        segments: Vec::new(),
+    }
+}
+
+/// The defined memories of `wasm` (a valid module), in defined-memory order,
+/// each with no segments: what a module with nothing to cut needs so that
+/// images can still be given to its memories. `None` if a memory's minimum
+/// size in bytes overflows.
+pub fn defined_memories(wasm: &[u8]) -> Result<Option<Vec<MemoryInit>>, PrepareError> {
+    let module = scan(wasm)?;
+    let mut out = Vec::new();
+    for (index, memory) in (0u32..).zip(&module.memories) {
+        let bytes = 1u64.checked_shl(memory.ty.page_size_log2()).and_then(|page| memory.ty.initial.checked_mul(page));
+        match bytes {
+            Some(bytes) if !memory.imported => out.push(memory_init(index, memory, bytes)),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
 /// What to do with a module that can be prepared.
 struct Plan {
     /// Per data segment: whether its bytes are cut.
@@ -269,18 +300,7 @@ fn plan(module: &Module<'_>) -> Result<Plan, NotPrepared> {
         .zip(&module.memories)
         .zip(&minimum_bytes)
         .map(|((memory_index, memory), &minimum_bytes)| {
-            (!memory.imported).then(|| MemoryInit {
-                memory_index,
-                minimum_bytes,
-                maximum_bytes: memory
-                    .ty
-                    .maximum
-                    .and_then(|max| max.checked_mul(1u64.checked_shl(memory.ty.page_size_log2())?)),
-                shared: memory.ty.shared,
-                memory64: memory.ty.memory64,
-                page_size_log2: memory.ty.page_size_log2(),
-                segments: Vec::new(),
-            })
+            (!memory.imported).then(|| memory_init(memory_index, memory, minimum_bytes))
         })
         .collect();
 

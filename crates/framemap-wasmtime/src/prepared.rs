@@ -14,7 +14,7 @@
 use crate::creator::FrameMemoryCreator;
 use crate::error::{Error, Result};
 use crate::pending::{MemoryFacts, MemoryPlan, Pending, WithPlan};
-use crate::prepare::{NotPrepared, Preparation, prepare};
+use crate::prepare::{MemoryInit, NotPrepared, Preparation, defined_memories, prepare};
 use framemap::Image;
 use std::sync::Arc;
 use wasmtime::{AsContextMut, Engine, Extern, Instance, InstancePre, Linker, Module};
@@ -25,8 +25,9 @@ use wasmtime::{AsContextMut, Engine, Extern, Instance, InstancePre, Linker, Modu
 pub struct PreparedModule {
     module: Module,
     creator: Arc<FrameMemoryCreator>,
-    /// One entry per defined memory; `None` if the module is not prepared.
-    plan: Option<Arc<[MemoryPlan]>>,
+    /// One entry per defined memory; `None` if images cannot be handed to
+    /// the module's memories (see [`PreparedModule::not_prepared`]).
+    plan: Option<Vec<MemoryPlan>>,
     not_prepared: Option<NotPrepared>,
 }
 
@@ -38,33 +39,27 @@ impl PreparedModule {
         let binary = wat::parse_bytes(text_or_binary).map_err(|e| Error::InvalidModule(e.to_string()))?;
         let compile = |bytes: &[u8]| Module::new(engine, bytes).map_err(|e| Error::InvalidModule(format!("{e:#}")));
         let preparation = prepare(&binary).map_err(|e| Error::InvalidModule(e.to_string()))?;
-        let (module, plan, not_prepared) = match preparation {
-            Preparation::Prepared(prepared) => {
-                let mut plan = Vec::with_capacity(prepared.memories.len());
-                for memory in &prepared.memories {
-                    let image = match memory.segments.iter().map(|(o, b)| o + b.len() as u64).max() {
-                        Some(end) => Some(
-                            Image::from_segments(end, memory.segments.iter().map(|(o, b)| (*o, b.as_slice())))
-                                .map_err(|source| Error::Image { memory: memory.memory_index, source })?,
-                        ),
-                        None => None,
-                    };
-                    let facts = MemoryFacts {
-                        minimum_bytes: memory.minimum_bytes,
-                        maximum_bytes: memory.maximum_bytes,
-                        shared: memory.shared,
-                        memory64: memory.memory64,
-                        page_size_log2: memory.page_size_log2 as u8,
-                    };
-                    plan.push(MemoryPlan { facts, image });
-                }
-                let first_memory = prepared.memories.first().map_or(0, |m| m.memory_index);
-                match gc_heap_ambiguity(&binary, &plan, first_memory) {
-                    Some(reason) => (compile(&binary)?, None, Some(reason)),
-                    None => (compile(&prepared.wasm)?, Some(plan.into()), None),
-                }
+        // The bytes to compile, the defined memories to plan for, and why the
+        // module is not prepared (`None`: it is).
+        let (wasm, memories, not_prepared) = match preparation {
+            Preparation::Prepared(prepared) => (prepared.wasm, Some(prepared.memories), None),
+            // Nothing to cut: the bytes stay as they are, but the memories can
+            // still be given images (snapshots) with `set_image`.
+            Preparation::Unprepared { reason: reason @ NotPrepared::NoDataSegments } => {
+                let memories = defined_memories(&binary).map_err(|e| Error::InvalidModule(e.to_string()))?;
+                (binary.to_vec(), memories, Some(reason))
             }
-            Preparation::Unprepared { reason } => (compile(&binary)?, None, Some(reason)),
+            Preparation::Unprepared { reason } => (binary.to_vec(), None, Some(reason)),
+        };
+        let mut plan = Vec::new();
+        for memory in memories.iter().flatten() {
+            plan.push(MemoryPlan { facts: facts(memory), image: segments_image(memory)? });
+        }
+        let first_memory = memories.as_deref().and_then(<[MemoryInit]>::first).map_or(0, |m| m.memory_index);
+        let (module, plan, not_prepared) = match (memories, gc_heap_ambiguity(&binary, &plan, first_memory)) {
+            (Some(_), None) => (compile(&wasm)?, Some(plan), not_prepared),
+            (Some(_), Some(reason)) => (compile(&binary)?, None, Some(reason)),
+            (None, _) => (compile(&binary)?, None, not_prepared),
         };
         Ok(PreparedModule { module, creator: creator.clone(), plan, not_prepared })
     }
@@ -134,8 +129,30 @@ impl PreparedModule {
         Ok(PreparedInstancePre { pre: linker.instantiate_pre(&self.module)?, prepared: self.clone() })
     }
 
+    /// Makes `image` the initial contents of defined memory `memory` (in
+    /// defined-memory order) instead of the module's own data: an
+    /// embedder-provided snapshot or file, say, mapped copy-on-write like any
+    /// image; `None` starts the memory zeroed. The module's data segments for
+    /// that memory are not applied on top (they were cut). Refused if the
+    /// image is larger than the memory's initial size, or if the module's
+    /// segments could not be cut (then instantiation copies them itself).
+    pub fn set_image(&mut self, memory: usize, image: Option<Image>) -> Result<()> {
+        let reason = self.not_prepared.clone();
+        let plan = self.plan.as_mut().ok_or(Error::NotPrepared { reason })?;
+        let count = plan.len();
+        let planned = plan.get_mut(memory).ok_or(Error::NoSuchMemory { memory, count })?;
+        let limit = planned.facts.minimum_bytes.next_multiple_of(framemap::host_page_size() as u64);
+        if let Some(image) = &image
+            && image.len() > limit
+        {
+            return Err(Error::ImageTooLarge { memory, image: image.len(), limit });
+        }
+        planned.image = image;
+        Ok(())
+    }
+
     fn pending(&self) -> Option<Pending> {
-        self.plan.clone().map(|plan| Pending::new(self.creator.id(), plan))
+        self.plan.as_ref().map(|plan| Pending::new(self.creator.id(), plan.as_slice().into()))
     }
 
     fn run(&self, instantiate: impl FnOnce() -> wasmtime::Result<Instance>) -> wasmtime::Result<Instance> {
@@ -196,6 +213,25 @@ impl<T: 'static> PreparedInstancePre<T> {
     pub fn prepared(&self) -> &PreparedModule {
         &self.prepared
     }
+}
+
+/// The type facts of a planned memory.
+fn facts(memory: &MemoryInit) -> MemoryFacts {
+    MemoryFacts {
+        minimum_bytes: memory.minimum_bytes,
+        maximum_bytes: memory.maximum_bytes,
+        shared: memory.shared,
+        memory64: memory.memory64,
+        page_size_log2: memory.page_size_log2 as u8,
+    }
+}
+
+/// The image of a memory's cut segments (`None` if it has none).
+fn segments_image(memory: &MemoryInit) -> Result<Option<Image>> {
+    let Some(end) = memory.segments.iter().map(|(o, b)| o + b.len() as u64).max() else { return Ok(None) };
+    Image::from_segments(end, memory.segments.iter().map(|(o, b)| (*o, b.as_slice())))
+        .map(Some)
+        .map_err(|source| Error::Image { memory: memory.memory_index, source })
 }
 
 fn check_served(pending: &Pending) -> wasmtime::Result<()> {

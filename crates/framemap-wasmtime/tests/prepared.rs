@@ -237,3 +237,41 @@ fn fresh_slots_start_with_the_last_working_set_prefaulted() {
     prepared.prefault_working_set(false);
     assert!(run() < 4 * page);
 }
+
+#[test]
+fn embedders_can_supply_their_own_images() {
+    let creator = FrameMemoryCreator::new();
+    let engine = engine(&creator);
+    // A module without data: its memory can still start from a snapshot.
+    let mut blank = PreparedModule::new(&creator, &engine, r#"(module (memory (export "m") 2 4))"#).unwrap();
+    assert!(matches!(blank.not_prepared(), Some(NotPrepared::NoDataSegments)));
+    let snapshot = framemap::Image::from_segments(2 * 65536, [(70000, &b"snapshot"[..])]).unwrap();
+    blank.set_image(0, Some(snapshot.clone())).unwrap();
+    for _ in 0..3 {
+        let mut store = Store::new(&engine, ());
+        let instance = blank.instantiate(&mut store, &[]).unwrap();
+        let memory = instance.get_memory(&mut store, "m").unwrap();
+        assert_eq!(&memory.data(&store)[70000..70008], b"snapshot");
+        memory.data_mut(&mut store)[70000] = b'S';
+    }
+
+    // A prepared module's own data is replaced, not layered.
+    let mut prepared = PreparedModule::new(&creator, &engine, MODULE).unwrap();
+    prepared.set_image(0, Some(snapshot)).unwrap();
+    let mut store = Store::new(&engine, ());
+    let instance = prepared.instantiate(&mut store, &[]).unwrap();
+    let data = instance.get_memory(&mut store, "m").unwrap().data(&store).to_vec();
+    assert_eq!(&data[70000..70008], b"snapshot");
+    assert_eq!(&data[0..5], &[0; 5], "the module's own segments are not applied on top");
+
+    let too_big = framemap::Image::from_bytes(&vec![1u8; 2 * 65536 + 1]).unwrap();
+    assert!(matches!(blank.set_image(0, Some(too_big)), Err(framemap_wasmtime::Error::ImageTooLarge { .. })));
+    assert!(matches!(blank.set_image(1, None), Err(framemap_wasmtime::Error::NoSuchMemory { memory: 1, count: 1 })));
+    let mut uncut = PreparedModule::new(
+        &creator,
+        &engine,
+        r#"(module (global $g (import "env" "g") i32) (memory 1) (data (global.get $g) "x"))"#,
+    )
+    .unwrap();
+    assert!(matches!(uncut.set_image(0, None), Err(framemap_wasmtime::Error::NotPrepared { .. })));
+}
