@@ -13,10 +13,10 @@
 
 use crate::error::{Error, Result};
 use crate::frame::BackingId;
-use crate::sys::{memfd, mman};
+use crate::sys::memfd;
+use crate::sys::mman::Mapping;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::fmt;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -42,27 +42,8 @@ struct BufferFile {
     revoked: AtomicBool,
     /// The host's read-write view; `None` once revoked. Host accesses hold the
     /// read lock, revocation the write lock, so no access outlives the view.
-    view: RwLock<Option<View>>,
+    view: RwLock<Option<Mapping>>,
     hosts: Mutex<Vec<Weak<dyn WindowHost>>>,
-}
-
-struct View {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the view is a shared mapping of the buffer's file; accesses go
-// through raw-pointer copies under the buffer's lock (see `SharedBuffer`).
-unsafe impl Send for View {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for View {}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        // SAFETY: the view owns its mapping; the write lock (or the last
-        // handle going away) guarantees nobody uses it any more.
-        let _ = unsafe { mman::release(self.ptr.as_ptr(), self.len) };
-    }
 }
 
 impl fmt::Debug for SharedBuffer {
@@ -103,7 +84,8 @@ impl SharedBuffer {
             .map_err(|e| io("fcntl(F_ADD_SEALS)")(e.into()))?;
         let inode = rustix::fs::fstat(&fd).map_err(|e| io("fstat")(e.into()))?.st_ino;
         // SAFETY: the file covers `len` bytes and is sealed against shrinking.
-        let ptr = unsafe { mman::map_file_shared(fd.as_fd(), len as usize) }.map_err(io("mmap"))?;
+        let view =
+            unsafe { Mapping::of_file(fd.as_fd(), len as usize, crate::Protection::ReadWrite) }.map_err(io("mmap"))?;
         Ok(SharedBuffer {
             inner: Arc::new(BufferFile {
                 id: BackingId::fresh(),
@@ -111,7 +93,7 @@ impl SharedBuffer {
                 len,
                 inode,
                 revoked: AtomicBool::new(false),
-                view: RwLock::new(Some(View { ptr, len: len as usize })),
+                view: RwLock::new(Some(view)),
                 hosts: Mutex::new(Vec::new()),
             }),
         })
@@ -178,7 +160,7 @@ impl SharedBuffer {
         let start = self.check(offset, buf.len() as u64)?;
         // SAFETY: `start..start + len` lies in the live view (checked, and the
         // read lock keeps it mapped); `buf` is a distinct allocation.
-        unsafe { std::ptr::copy_nonoverlapping(view.ptr.as_ptr().add(start), buf.as_mut_ptr(), buf.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(view.ptr().as_ptr().add(start), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
 
@@ -188,7 +170,7 @@ impl SharedBuffer {
         let view = view.as_ref().ok_or(Error::Revoked { id: self.id().0 })?;
         let start = self.check(offset, data.len() as u64)?;
         // SAFETY: as in `read`; the view is writable shared memory.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), view.ptr.as_ptr().add(start), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), view.ptr().as_ptr().add(start), data.len()) };
         Ok(())
     }
 

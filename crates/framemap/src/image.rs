@@ -10,9 +10,9 @@
 use crate::error::{Error, Result};
 use crate::frame::BackingId;
 use crate::sys::memfd;
+use crate::sys::mman::Mapping;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::fmt;
-use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 
 /// Immutable, page-granular initial contents of a memory, shared by every
@@ -29,26 +29,7 @@ struct ImageFile {
     inode: u64,
     /// A read-only view of the whole file, made on first use, to restore
     /// dirty pages by copying.
-    view: OnceLock<Option<View>>,
-}
-
-/// A read-only shared mapping of an image file, unmapped on drop.
-struct View {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the view is read-only memory of a file that cannot change size
-// (and, for framemap's own images, content); sharing it is sharing `&[u8]`.
-unsafe impl Send for View {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for View {}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        // SAFETY: the view owns its mapping and is going away.
-        let _ = unsafe { crate::sys::mman::release(self.ptr.as_ptr(), self.len) };
-    }
+    view: OnceLock<Option<Mapping>>,
 }
 
 impl fmt::Debug for Image {
@@ -200,16 +181,15 @@ impl Image {
             let len = usize::try_from(self.inner.len).ok().filter(|&l| l > 0)?;
             // SAFETY: the image's file covers `len` bytes and cannot shrink
             // (module invariant).
-            let ptr = unsafe { crate::sys::mman::map_file_read_only(self.fd(), len) }.ok()?;
-            Some(View { ptr, len })
+            unsafe { Mapping::of_file(self.fd(), len, crate::Protection::Read) }.ok()
         });
         let end = offset as usize + target.len();
         match view {
-            Some(view) if end <= view.len => {
+            Some(view) if end <= view.len() => {
                 // SAFETY: `offset..end` lies inside the view, which is mapped
                 // read-only for the image's lifetime and never written.
                 let source =
-                    unsafe { std::slice::from_raw_parts(view.ptr.as_ptr().add(offset as usize), target.len()) };
+                    unsafe { std::slice::from_raw_parts(view.ptr().as_ptr().add(offset as usize), target.len()) };
                 target.copy_from_slice(source);
                 Ok(())
             }

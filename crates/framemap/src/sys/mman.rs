@@ -81,29 +81,49 @@ pub(crate) unsafe fn replace_with_file(
     Ok(())
 }
 
-/// Maps `len` bytes of the file read-only and shared at a kernel-chosen
-/// address (a view for copying out of it).
-///
-/// # Safety
-/// The file must cover `len` bytes and never shrink while mapped.
-pub(crate) unsafe fn map_file_read_only(fd: rustix::fd::BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a non-fixed mapping cannot overlap existing objects; the file
-    // covers the range and cannot shrink (function contract).
-    let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0) }?;
-    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
+/// A shared mapping of a whole file at a kernel-chosen address (a host's view
+/// of an image or buffer), unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
 }
 
-/// Maps `len` bytes of the file read-write and shared at a kernel-chosen
-/// address (the host's view of a buffer).
-///
-/// # Safety
-/// The file must cover `len` bytes and never shrink while mapped.
-pub(crate) unsafe fn map_file_shared(fd: rustix::fd::BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a non-fixed mapping cannot overlap existing objects; the file
-    // covers the range and cannot shrink (function contract).
-    let ptr =
-        unsafe { mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0) }?;
-    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))
+// SAFETY: a mapping is an address range of a file; accesses go through raw
+// pointers whose synchronisation is the owner's.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of the file, shared, with protection `prot`.
+    ///
+    /// # Safety
+    /// The file must cover `len` bytes and never shrink while mapped.
+    pub(crate) unsafe fn of_file(fd: rustix::fd::BorrowedFd<'_>, len: usize, prot: Protection) -> io::Result<Mapping> {
+        // SAFETY: a non-fixed mapping cannot overlap existing objects; the
+        // file covers the range and cannot shrink (function contract).
+        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot_flags(prot), MapFlags::SHARED, fd, 0) }?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    /// First byte.
+    pub(crate) fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping owns its range and is going away.
+        let _ = unsafe { release(self.ptr.as_ptr(), self.len) };
+    }
 }
 
 /// Changes the protection of `[addr, addr + len)`, keeping its contents.
