@@ -353,6 +353,7 @@ impl LinearSpace {
     /// [`LinearSpace::restore_layout`]). Costs time proportional to the dirty
     /// pages (see [`ResetReport`]).
     pub fn reset(&mut self, len: u64, image: Option<&Image>, policy: ResetPolicy) -> Result<ResetReport> {
+        self.check_layout(len, image)?;
         let report = self.zero_dirty(policy)?;
         self.restore_layout(len, image)?;
         Ok(report)
@@ -490,13 +491,8 @@ impl LinearSpace {
     /// the same image costs nothing here. Images no frame names any more are
     /// let go.
     pub fn restore_layout(&mut self, len: u64, image: Option<&Image>) -> Result<()> {
-        if len > self.capacity {
-            return Err(Error::CapacityExceeded { requested: len, capacity: self.capacity });
-        }
+        self.check_layout(len, image)?;
         let image_len = image.map_or(0, Image::len);
-        if image_len > len.next_multiple_of(self.page) {
-            return Err(Error::PastBacking { id: image.map_or(0, |i| i.id().0), start: 0, end: len, len: image_len });
-        }
         let old = self.accessible_pages();
         let new = PageRange::new(0, len.div_ceil(self.page));
         let image_pages = PageRange::new(0, image_len / self.page);
@@ -525,6 +521,18 @@ impl LinearSpace {
         if image.is_none_or(|i| !self.backing_pages.contains_key(&i.id())) {
             // `restore_layout` attached an image no page ended up naming.
             self.images.retain(|id, _| self.backing_pages.contains_key(id));
+        }
+        Ok(())
+    }
+
+    /// Checks that a memory of `len` bytes starting with `image` fits.
+    fn check_layout(&self, len: u64, image: Option<&Image>) -> Result<()> {
+        if len > self.capacity {
+            return Err(Error::CapacityExceeded { requested: len, capacity: self.capacity });
+        }
+        let image_len = image.map_or(0, Image::len);
+        if image_len > len.next_multiple_of(self.page) {
+            return Err(Error::PastBacking { id: image.map_or(0, |i| i.id().0), start: 0, end: len, len: image_len });
         }
         Ok(())
     }
@@ -785,6 +793,9 @@ impl LinearSpace {
         let end = offset.checked_add(len).ok_or(Error::Overflow { start: offset, len })?;
         if end > self.len {
             return Err(Error::OutOfBounds { start: offset, end, accessible: self.len });
+        }
+        if len == 0 {
+            return Ok(());
         }
         let pages = PageRange::new(offset / self.page, end.div_ceil(self.page));
         match self.table.runs_in(pages).find(|(_, f)| !allowed(f.prot())) {
