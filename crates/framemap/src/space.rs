@@ -700,14 +700,16 @@ impl LinearSpace {
                 self.table.set(range, frame);
             }
             Change::Protect(prot) => {
-                if let Some((run, _)) = self.table.runs_in(range).find(|(_, f)| f.tag() == FrameTag::Unmapped) {
+                let runs: Vec<_> = self.table.runs_in(range).collect();
+                if let Some(&(run, _)) = runs.iter().find(|(_, f)| f.tag() == FrameTag::Unmapped) {
                     return Err(self.wrong_frames("protect", FrameTag::Unmapped, run));
                 }
                 // SAFETY: as above; every page in the range is mapped.
                 unsafe { mman::protect(addr, len, prot) }.map_err(|e| kernel("mprotect", e))?;
-                let runs: Vec<_> = self.table.runs_in(range).collect();
                 for (run, frame) in runs {
-                    if let Some(frame) = frame.with_prot(prot) {
+                    if frame.prot() != prot
+                        && let Some(frame) = frame.with_prot(prot)
+                    {
                         self.table.set(run, frame);
                     }
                 }
