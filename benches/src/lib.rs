@@ -1,127 +1,35 @@
 //! Workloads shared by framemap's criterion benches and `framemap bench`:
-//! each one is set up identically on wasmtime's own memories and on
-//! framemap's, so the two can be timed in the same process.
+//! each one is set up identically on wasmtime's own allocators and on
+//! framemap's, so they can be timed in the same process.
+//!
+//! - [`Allocator`]: the five allocators compared, each behind its own engine
+//!   ([`Allocator::setup`]).
+//! - [`builtin`]: the built-in guest: a 16 MiB memory with a dense 8 MiB
+//!   data image, `touch(k)` and a compute loop.
+//! - [`Target`]: one allocator with a guest compiled and its imports
+//!   resolved; [`Target::sample`] is one instantiate sample (store +
+//!   instantiate + touch + drop), [`footprint`] keeps many alive,
+//!   [`Target::runner`] calls the compute export.
+//! - [`interleaved`]: round-robin sampling across allocators.
+//! - [`stats`] and [`report`]: median / p90 and the JSON rows.
+//! - [`Compute`]: the 64 MiB summing loop of the `compute` criterion bench.
 
-use std::sync::Arc;
-use wasmtime::{Config, Engine, Instance, Module, Store, TypedFunc};
+pub mod allocator;
+pub mod builtin;
+mod compute;
+pub mod report;
+pub mod stats;
+pub mod workload;
 
-/// Which memories an engine uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Allocator {
-    /// wasmtime's default: on-demand allocation with copy-on-write images.
-    WasmtimeDefault,
-    /// framemap's memory creator, installed with `framemap_wasmtime::configure`.
-    Framemap,
-}
+pub use allocator::{Allocator, EngineOptions, PoolingLimits, Setup};
+pub use compute::{COMPUTE_BYTES, Compute};
+pub use report::{Row, Workload};
+pub use stats::{Summary, median, p90, percentile};
+pub use workload::{Footprint, Guest, Live, Runner, Target, footprint, interleaved, nanos, rss_bytes, to_binary};
 
-impl Allocator {
-    /// Both allocators, wasmtime's first.
-    pub const ALL: [Allocator; 2] = [Allocator::WasmtimeDefault, Allocator::Framemap];
-
-    /// A short name for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Allocator::WasmtimeDefault => "wasmtime-default",
-            Allocator::Framemap => "framemap",
-        }
-    }
-
-    /// An engine whose memories come from this allocator.
-    pub fn engine(self) -> wasmtime::Result<Engine> {
-        let mut config = Config::new();
-        if self == Allocator::Framemap {
-            framemap_wasmtime::configure(&mut config, framemap_wasmtime::FrameMemoryCreator::new());
-        }
-        Engine::new(&config)
-    }
-}
-
-/// Bytes the compute workload sums.
-pub const COMPUTE_BYTES: u64 = 64 << 20;
-
-/// A memory-heavy guest loop: sums 64 MiB of memory with `i64` loads. Its
-/// speed depends on how the compiled code reaches memory (bounds-check
-/// elision, base-pointer reloads), which is what the memory manager can
-/// change.
-pub struct Compute {
-    store: Store<()>,
-    sum: TypedFunc<(), i64>,
-    _engine: Arc<Engine>,
-}
-
-const COMPUTE_WAT: &str = r#"
-(module
-  (memory (export "memory") 1024)
-  (func (export "fill")
-    (local $i i32)
-    (loop $l
-      (i64.store (local.get $i) (i64.extend_i32_u (local.get $i)))
-      (local.set $i (i32.add (local.get $i) (i32.const 8)))
-      (br_if $l (i32.lt_u (local.get $i) (i32.const 67108864)))))
-  (func (export "sum") (result i64)
-    (local $i i32) (local $acc i64)
-    (loop $l
-      (local.set $acc (i64.add (local.get $acc) (i64.load (local.get $i))))
-      (local.set $acc (i64.add (local.get $acc) (i64.load offset=8 (local.get $i))))
-      (local.set $acc (i64.add (local.get $acc) (i64.load offset=16 (local.get $i))))
-      (local.set $acc (i64.add (local.get $acc) (i64.load offset=24 (local.get $i))))
-      (local.set $i (i32.add (local.get $i) (i32.const 32)))
-      (br_if $l (i32.lt_u (local.get $i) (i32.const 67108864))))
-    (local.get $acc)))
-"#;
-
-impl Compute {
-    /// Instantiates the workload on `allocator`'s memories and fills them.
-    pub fn new(allocator: Allocator) -> wasmtime::Result<Compute> {
-        let engine = Arc::new(allocator.engine()?);
-        let module = Module::new(&engine, COMPUTE_WAT)?;
-        let mut store = Store::new(&engine, ());
-        let instance = Instance::new(&mut store, &module, &[])?;
-        instance.get_typed_func::<(), ()>(&mut store, "fill")?.call(&mut store, ())?;
-        let sum = instance.get_typed_func::<(), i64>(&mut store, "sum")?;
-        Ok(Compute { store, sum, _engine: engine })
-    }
-
-    /// Runs the sum once and returns it.
-    pub fn run(&mut self) -> wasmtime::Result<i64> {
-        self.sum.call(&mut self.store, ())
-    }
-
-    /// The value [`Compute::run`] must return.
-    pub fn expected() -> i64 {
-        // The memory holds, at every 8-byte offset i, the value i.
-        let n = (COMPUTE_BYTES / 8) as i64;
-        8 * (n * (n - 1) / 2)
-    }
-}
-
-/// Median of `samples` (sorted in place); `None` if empty.
-pub fn median(samples: &mut [f64]) -> Option<f64> {
-    samples.sort_by(f64::total_cmp);
-    let n = samples.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(samples[n / 2]),
-        _ => Some((samples[n / 2 - 1] + samples[n / 2]) / 2.0),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compute_sums_the_same_on_both_allocators() {
-        for allocator in Allocator::ALL {
-            let mut w = Compute::new(allocator).unwrap();
-            assert_eq!(w.run().unwrap(), Compute::expected(), "{}", allocator.name());
-        }
-    }
-
-    #[test]
-    fn median_of_odd_even_and_empty() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(median(&mut []), None);
-    }
-}
+/// Pages each instance dirties in the instantiate workloads (k).
+pub const DIRTY_PAGES: [u32; 3] = [0, 16, 256];
+/// Instances alive at once in the footprint workload.
+pub const FOOTPRINT_INSTANCES: usize = 200;
+/// Pages each footprint instance dirties.
+pub const FOOTPRINT_DIRTY_PAGES: u32 = 16;

@@ -4,6 +4,7 @@
 //! single `framemap: error: <message>` line on stderr with exit status
 //! [`EXIT_ERROR`], never as a panic or backtrace.
 
+mod bench;
 mod run;
 
 use std::io::Write as _;
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run a WASI preview1 command module (.wasm or .wat) on framemap memories.
     Run(run::RunArgs),
+    /// Benchmark framemap against wasmtime's allocators (instantiation,
+    /// footprint, guest speed) on a built-in workload or on --module.
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -36,6 +40,7 @@ impl Command {
     fn execute(self) -> anyhow::Result<u8> {
         match self {
             Command::Run(args) => run::run(args),
+            Command::Bench(args) => bench::bench(args),
         }
     }
 }
