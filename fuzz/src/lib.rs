@@ -1,0 +1,4 @@
+//! Code the fuzz targets share.
+
+#[cfg(feature = "wasm")]
+pub mod wasm;
