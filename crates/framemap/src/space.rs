@@ -405,9 +405,8 @@ impl LinearSpace {
                     FrameKind::Image { image, page } if frame.prot().writable() && budget > 0 => {
                         let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
                         let image = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
-                        // SAFETY: `in_place` is a read-write Image run of this
-                        // reservation (table == kernel, invariant 1), so the
-                        // slice is mapped and writable, and `&mut self`
+                        // SAFETY: `in_place` is a read-write Image run here (table ==
+                        // kernel, invariant 1): mapped and writable; `&mut self`
                         // excludes any other host reference to it.
                         let target = unsafe {
                             std::slice::from_raw_parts_mut(
