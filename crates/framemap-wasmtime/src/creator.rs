@@ -30,11 +30,24 @@ pub struct CreatorConfig {
     /// (`reserved_size_in_bytes == None`), in bytes. framemap memories never
     /// move, so this bounds their growth.
     pub default_reservation: u64,
+    /// Address space reserved for growth beyond the minimum when a memory's
+    /// minimum is larger than the reservation wasmtime asks for, in bytes
+    /// (never more than the memory's maximum allows). wasmtime reserves
+    /// `memory_reservation_for_growth` in that case for its own memories but
+    /// does not tell a creator that value: set this to the same value for the
+    /// same growth behaviour. The default, 2 GiB, is wasmtime's default on
+    /// 64-bit hosts. It is address space only: nothing is committed.
+    pub growth_reserve: u64,
 }
 
 impl Default for CreatorConfig {
     fn default() -> Self {
-        CreatorConfig { max_idle_slots: 64, reset: ResetPolicy::default(), default_reservation: 4 << 30 }
+        CreatorConfig {
+            max_idle_slots: 64,
+            reset: ResetPolicy::default(),
+            default_reservation: 4 << 30,
+            growth_reserve: 2 << 30,
+        }
     }
 }
 
@@ -235,25 +248,71 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         &self,
         ty: MemoryType,
         minimum: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
         reserved_size_in_bytes: Option<usize>,
         guard_size_in_bytes: usize,
     ) -> std::result::Result<Box<dyn LinearMemory>, String> {
-        let page = framemap::host_page_size() as u64;
         // usize -> u64 is lossless on every target wasmtime supports.
-        let minimum = minimum as u64;
         let reserved = reserved_size_in_bytes.map_or(self.shared.config.default_reservation, |r| r as u64);
-        let capacity = minimum
-            .checked_next_multiple_of(page)
-            .map(|m| m.max(reserved))
-            .ok_or(Error::TooLarge { what: "memory minimum", value: minimum })
-            .map_err(|e| e.to_string())?;
-        let key = SlotKey { capacity, guard: guard_size_in_bytes as u64 };
+        let key = slot_key(
+            &self.shared.config,
+            minimum as u64,
+            maximum.map(|m| m as u64),
+            reserved,
+            guard_size_in_bytes as u64,
+        )
+        .map_err(|e| e.to_string())?;
+        let minimum = minimum as u64;
         let image = pending::take_image(Arc::as_ptr(&self.shared) as usize, &ty);
         let space = self.shared.acquire(key, minimum, image.as_ref()).map_err(|e| e.to_string())?;
         let memory = FrameMemory::new(space, self.shared.clone(), image.as_ref().map(Image::id));
         let live = Arc::downgrade(memory.live());
         lock(&self.shared.live).insert(memory.live().base(), live);
         Ok(Box::new(memory))
+    }
+}
+
+/// The geometry of a memory's reservation, as wasmtime's own memories have
+/// it: `reserved` bytes, or, when the minimum does not fit, the minimum plus
+/// `growth_reserve` (bounded by the maximum); then `guard` bytes. A memory
+/// that would reserve nothing at all (no capacity and no guard) gets one
+/// inaccessible guard page, since a reservation cannot be empty.
+fn slot_key(config: &CreatorConfig, minimum: u64, maximum: Option<u64>, reserved: u64, guard: u64) -> Result<SlotKey> {
+    let page = framemap::host_page_size() as u64;
+    let round = |what, value: u64| value.checked_next_multiple_of(page).ok_or(Error::TooLarge { what, value });
+    let minimum = round("memory minimum", minimum)?;
+    let capacity = if minimum <= reserved {
+        reserved
+    } else {
+        let grown = minimum.saturating_add(config.growth_reserve);
+        let ceiling = maximum.map_or(u64::MAX, |maximum| maximum.checked_next_multiple_of(page).unwrap_or(u64::MAX));
+        // Both bounds are page multiples, unless the saturated sum is.
+        grown.min(ceiling).max(minimum) / page * page
+    };
+    let guard = round("guard size", guard)?;
+    let guard = if capacity == 0 && guard == 0 { page } else { guard };
+    Ok(SlotKey { capacity, guard })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_geometry_follows_wasmtime_s() {
+        let page = framemap::host_page_size() as u64;
+        let config = CreatorConfig { growth_reserve: 1 << 20, ..CreatorConfig::default() };
+        let key = |minimum, maximum, reserved, guard| slot_key(&config, minimum, maximum, reserved, guard).unwrap();
+        // The minimum fits: exactly what wasmtime asked for.
+        assert_eq!(key(1 << 16, None, 4 << 30, 2 << 30), SlotKey { capacity: 4 << 30, guard: 2 << 30 });
+        // It does not: minimum plus the growth reserve, bounded by the maximum.
+        assert_eq!(key(8 << 16, None, 1 << 16, 0), SlotKey { capacity: (8 << 16) + (1 << 20), guard: 0 });
+        assert_eq!(key(8 << 16, Some(10 << 16), 1 << 16, 0), SlotKey { capacity: 10 << 16, guard: 0 });
+        assert_eq!(key(8 << 16, Some(8 << 16), 1 << 16, 0), SlotKey { capacity: 8 << 16, guard: 0 });
+        // Byte-granular sizes are rounded to host pages.
+        assert_eq!(key(1, Some(3), 0, 0), SlotKey { capacity: page, guard: 0 });
+        // Nothing to reserve at all: one guard page.
+        assert_eq!(key(0, None, 0, 0), SlotKey { capacity: 0, guard: page });
+        assert!(matches!(slot_key(&config, u64::MAX, None, 0, 0), Err(Error::TooLarge { what: "memory minimum", .. })));
     }
 }

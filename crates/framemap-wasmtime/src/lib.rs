@@ -46,7 +46,16 @@ use std::sync::Arc;
 /// - `memory_init_cow(false)`: wasmtime 48's copy-on-write initialisation
 ///   assumes memories it allocated itself and panics on a custom creator's
 ///   (wasmtime issue #10740); with it off, data segments are copied into the
-///   memory at instantiation.
+///   memory at instantiation. With fuel on, wasmtime charges
+///   `memory_init_per_byte` fuel for each byte it copies, so a plain module
+///   uses more instantiation fuel on a framemap engine than on wasmtime's
+///   copy-on-write memories; a [`PreparedModule`] copies nothing and uses the
+///   same fuel as the latter.
+///
+/// A memory whose minimum exceeds `memory_reservation` gets its minimum plus
+/// [`CreatorConfig::growth_reserve`] reserved, as wasmtime's own memories get
+/// their minimum plus `memory_reservation_for_growth` (which wasmtime does not
+/// pass to a creator: keep the two equal for identical growth behaviour).
 /// - `memory_may_move(false)` and `gc_heap_may_move(false)`: framemap memories
 ///   never move, and saying so lets compiled code keep the base pointer in a
 ///   register across growth.

@@ -4,23 +4,30 @@
 //! of the active data segments of each *defined, non-shared* memory out of
 //! the module and into a [`MemoryInit`] per defined memory, which the caller
 //! maps as that memory's initial contents. The rewritten module keeps every
-//! data segment, in the same place, with the same index, memory and offset
-//! expression, just with no bytes, so `memory.init`, `data.drop`, the data
-//! count section and the instantiation-time bounds checks behave exactly as
-//! in the original. Only the data section is re-encoded: every byte before
-//! and after it (custom sections and names included) is copied unchanged, and
-//! since the data section is the last non-custom section, every code offset
-//! stays the same.
+//! data segment at the same index; each cut segment becomes an *empty passive*
+//! segment, every other segment is kept byte for byte, so `memory.init`,
+//! `data.drop` and the data count section behave exactly as in the original.
+//! Only the data section is re-encoded: every byte before and after it
+//! (custom sections and names included) is copied unchanged, and since the
+//! data section is the last non-custom section, every code offset stays the
+//! same.
 //!
-//! Why this is exact: after instantiation every active segment is dropped, so
-//! its contents are no longer observable through `memory.init`; and since a
-//! module is only prepared when *every* active data segment has a constant
-//! offset and provably fits its memory's declared minimum size, instantiation
-//! of the original never traps part-way through writing data segments. The
-//! memory contents at the end of instantiation (before the start function) are
-//! therefore the caller's image, with the empty segments' bounds checks
-//! trivially passing. Anything that cannot be shown safe leaves the module
+//! Why this is exact: after instantiation an active segment is dropped, and a
+//! dropped segment behaves for `memory.init` and `data.drop` exactly like an
+//! empty passive one (only a zero-length `memory.init` at source offset 0
+//! succeeds, within the memory's bounds). A module is only prepared when
+//! *every* active data segment has a constant offset and provably fits its
+//! memory's declared minimum size, so instantiation of the original never
+//! traps at a data segment: the instantiation-time bounds check the passive
+//! segment no longer performs always passed. The memory contents at the end
+//! of instantiation (before the start function) are therefore the caller's
+//! image. Anything that cannot be shown safe leaves the module
 //! [`Unprepared`](Preparation::Unprepared), with the [`NotPrepared`] reason.
+//!
+//! Making the cut segments passive rather than empty active ones also means a
+//! prepared module copies nothing at instantiation: wasmtime then needs no
+//! start-up code for data segments, and charges no instantiation fuel for
+//! them, as with its own copy-on-write images.
 //!
 //! Offsets may be `i32.const`/`i64.const`, or extended-const arithmetic
 //! (`add`, `sub`, `mul`) of constants; a `global.get` anywhere in an active
@@ -50,8 +57,8 @@ pub enum Preparation {
 /// A rewritten module and the initial contents of its defined memories.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedWasm {
-    /// The re-encoded module: the original with the cut data segments'
-    /// bytes emptied.
+    /// The re-encoded module: the original with each cut data segment turned
+    /// into an empty passive segment.
     pub wasm: Vec<u8>,
     /// One entry per *defined* memory, in defined-memory order (imported
     /// memories excluded), including memories none of whose segments were
@@ -133,6 +140,16 @@ pub enum NotPrepared {
     GcHeapShapedMemory {
         /// The memory (index space including imports).
         memory: u32,
+    },
+    /// The engine does not accept the rewritten module although it accepts
+    /// the original (its empty passive segments need the bulk-memory
+    /// feature, which the engine has turned off).
+    #[error(
+        "the engine rejects the rewritten module (its cut segments are passive, which needs bulk memory): {message}"
+    )]
+    RewriteRejected {
+        /// The engine's compilation error.
+        message: String,
     },
     /// A memory's declared minimum size in bytes does not fit in a `u64`, so
     /// the module can never be instantiated.
@@ -375,25 +392,19 @@ fn constant_offset(expr: &ConstExpr<'_>) -> Option<u64> {
     }
 }
 
-/// The original module with the data section rebuilt: cut segments keep
-/// their header (flags, memory index, offset expression) byte for byte and
-/// get an empty payload; every other segment is copied as is, and so is every
-/// byte before and after the data section (so every offset up to the data
-/// section, code offsets included, is unchanged).
+/// The original module with the data section rebuilt: each cut segment
+/// becomes an empty passive segment at the same index; every other segment
+/// is copied as is, and so is every byte before and after the data section
+/// (so every offset up to the data section, code offsets included, is
+/// unchanged).
 fn encode(wasm: &[u8], module: &Module<'_>, cut: &[bool]) -> Vec<u8> {
     let mut data = DataSection::new();
     for (segment, &cut) in module.segments.iter().zip(cut) {
         match &segment.kind {
-            DataKind::Active { offset_expr, .. } if cut => {
-                let header = segment.range.start..offset_expr.get_binary_reader().range().end;
-                let mut bytes = wasm[header].to_vec();
-                bytes.push(0); // vec(byte) of length 0
-                data.raw(&bytes);
-            }
-            _ => {
-                data.raw(&wasm[segment.range.clone()]);
-            }
-        }
+            // Flags 1 (passive), then a vec(byte) of length 0.
+            DataKind::Active { .. } if cut => data.raw(&[0x01, 0x00]),
+            _ => data.raw(&wasm[segment.range.clone()]),
+        };
     }
 
     let section = module.data_section.clone().unwrap_or(wasm.len()..wasm.len());
@@ -453,9 +464,9 @@ mod tests {
         }
     }
 
-    /// The output validates, keeps every other section byte for byte, keeps
-    /// every segment's kind, memory and offset expression, and either keeps
-    /// a segment's bytes or empties it and has them in the right `MemoryInit`.
+    /// The output validates, keeps every other section byte for byte, and
+    /// either keeps a segment as it is or makes it an empty passive one and
+    /// has its bytes in the right `MemoryInit`.
     fn check_rewrite(original: &[u8], prepared: &PreparedWasm) {
         Validator::new_with_features(WasmFeatures::all()).validate_all(&prepared.wasm).unwrap();
         assert_eq!(other_sections(original), other_sections(&prepared.wasm));
@@ -469,9 +480,11 @@ mod tests {
         assert_eq!(before.len(), after.len());
         let mut expected: Vec<Vec<(u64, Vec<u8>)>> = prepared.memories.iter().map(|_| Vec::new()).collect();
         for (old, new) in before.iter().zip(&after) {
-            assert_eq!(header(original, old), header(&prepared.wasm, new));
-            if old.data != new.data {
+            if old.data == new.data {
+                assert_eq!(header(original, old), header(&prepared.wasm, new), "an uncut segment is kept as is");
+            } else {
                 assert!(new.data.is_empty());
+                assert!(matches!(new.kind, DataKind::Passive), "a cut segment becomes passive");
                 let DataKind::Active { memory_index, offset_expr } = &old.kind else { panic!("passive cut") };
                 let init = prepared.memories.iter().position(|m| m.memory_index == *memory_index).unwrap();
                 expected[init].push((constant_offset(offset_expr).unwrap(), old.data.to_vec()));
@@ -730,6 +743,7 @@ mod tests {
             NotPrepared::OutOfBounds { segment: 1, memory: 0, offset: 65535, length: 2, minimum_bytes: 65536 },
             NotPrepared::MemoryTooLarge { memory: 2 },
             NotPrepared::GcHeapShapedMemory { memory: 0 },
+            NotPrepared::RewriteRejected { message: "bulk memory support is not enabled".into() },
         ];
         for reason in reasons {
             let text = reason.to_string();

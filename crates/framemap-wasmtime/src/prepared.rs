@@ -2,7 +2,8 @@
 //!
 //! A module's active data segments with constant, in-bounds offsets are cut
 //! into one [`Image`] per defined memory ([`crate::prepare`]); the module is
-//! compiled with those segments emptied but kept. Instantiating it through
+//! compiled with those segments turned into empty passive ones (same indices).
+//! Instantiating it through
 //! this type hands the images to the [`FrameMemoryCreator`] (see
 //! [`crate::pending`]), which maps them copy-on-write: instantiation costs
 //! the same whatever the images' sizes, and a recycled slot that served the
@@ -27,7 +28,8 @@ pub struct PreparedModule {
     creator: Arc<FrameMemoryCreator>,
     /// One entry per defined memory; `None` if images cannot be handed to
     /// the module's memories (see [`PreparedModule::not_prepared`]).
-    plan: Option<Vec<MemoryPlan>>,
+    /// Shared with every instantiation in flight (no copy per instantiation).
+    plan: Option<Arc<[MemoryPlan]>>,
     not_prepared: Option<NotPrepared>,
 }
 
@@ -57,14 +59,23 @@ impl PreparedModule {
         }
         let first_memory = memories.as_deref().and_then(<[MemoryInit]>::first).map_or(0, |m| m.memory_index);
         let (module, plan, not_prepared) = match (memories, gc_heap_ambiguity(&binary, &plan, first_memory)) {
-            (Some(_), None) => (compile(&wasm)?, Some(plan), not_prepared),
+            // An engine that rejects the rewrite (passive segments need bulk
+            // memory) but accepts the original runs the original.
+            (Some(_), None) => match Module::new(engine, &wasm) {
+                Ok(module) => (module, Some(Arc::from(plan)), not_prepared),
+                Err(error) => {
+                    let module = compile(&binary)?;
+                    (module, None, Some(NotPrepared::RewriteRejected { message: format!("{error:#}") }))
+                }
+            },
             (Some(_), Some(reason)) => (compile(&binary)?, None, Some(reason)),
             (None, _) => (compile(&binary)?, None, not_prepared),
         };
         Ok(PreparedModule { module, creator: creator.clone(), plan, not_prepared })
     }
 
-    /// The compiled module (with its cut data segments emptied, if prepared):
+    /// The compiled module (with its cut data segments made empty and passive,
+    /// if prepared):
     /// instantiate it through this type, or its memories start zeroed.
     pub fn module(&self) -> &Module {
         &self.module
@@ -139,6 +150,8 @@ impl PreparedModule {
     pub fn set_image(&mut self, memory: usize, image: Option<Image>) -> Result<()> {
         let reason = self.not_prepared.clone();
         let plan = self.plan.as_mut().ok_or(Error::NotPrepared { reason })?;
+        // Copies the plan only if an instantiation in flight still holds it.
+        let plan = Arc::make_mut(plan);
         let count = plan.len();
         let planned = plan.get_mut(memory).ok_or(Error::NoSuchMemory { memory, count })?;
         let limit = planned.facts.minimum_bytes.next_multiple_of(framemap::host_page_size() as u64);
@@ -152,7 +165,7 @@ impl PreparedModule {
     }
 
     fn pending(&self) -> Option<Pending> {
-        self.plan.as_ref().map(|plan| Pending::new(self.creator.id(), plan.as_slice().into()))
+        self.plan.as_ref().map(|plan| Pending::new(self.creator.id(), plan.clone()))
     }
 
     fn run(&self, instantiate: impl FnOnce() -> wasmtime::Result<Instance>) -> wasmtime::Result<Instance> {

@@ -318,18 +318,18 @@ fn check_prepared(original: &[u8], prepared: &PreparedWasm) -> Result<(), String
         }
     }
 
+    // A segment is either kept as it is, or cut: an active segment with bytes
+    // for a defined, unshared memory that became an empty passive one.
     for (index, (old, new)) in before.segments.iter().zip(&after.segments).enumerate() {
-        if (old.memory, old.offset_expr) != (new.memory, new.offset_expr) {
-            return Err(format!("segment {index}: kind, memory or offset expression changed"));
-        }
-        if old.data != new.data {
-            let cuttable = old.memory.is_some_and(|m| {
+        let kept = (old.memory, old.offset_expr, old.data) == (new.memory, new.offset_expr, new.data);
+        let cuttable = !old.data.is_empty()
+            && old.memory.is_some_and(|m| {
                 let memory = before.memories[m as usize];
                 !memory.imported && !memory.ty.shared
             });
-            if !new.data.is_empty() || !cuttable {
-                return Err(format!("segment {index}: bytes changed where they may not"));
-            }
+        let cut = cuttable && new.memory.is_none() && new.offset_expr.is_none() && new.data.is_empty();
+        if !kept && !cut {
+            return Err(format!("segment {index}: changed, and not into an empty passive segment"));
         }
     }
 

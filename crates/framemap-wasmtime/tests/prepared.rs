@@ -275,3 +275,23 @@ fn embedders_can_supply_their_own_images() {
     .unwrap();
     assert!(matches!(uncut.set_image(0, None), Err(framemap_wasmtime::Error::NotPrepared { .. })));
 }
+
+#[test]
+fn engines_without_bulk_memory_run_the_original() {
+    let creator = FrameMemoryCreator::new();
+    let mut config = Config::new();
+    config.wasm_reference_types(false).wasm_bulk_memory(false);
+    configure(&mut config, creator.clone());
+    let engine = Engine::new(&config).unwrap();
+    let wat = r#"(module (memory (export "m") 1) (data (i32.const 5) "kept"))"#;
+    let prepared = PreparedModule::new(&creator, &engine, wat).unwrap();
+    assert!(
+        matches!(prepared.not_prepared(), Some(NotPrepared::RewriteRejected { .. })),
+        "{:?}",
+        prepared.not_prepared()
+    );
+    let mut store = Store::new(&engine, ());
+    let instance = prepared.instantiate(&mut store, &[]).unwrap();
+    let memory = instance.get_memory(&mut store, "m").unwrap();
+    assert_eq!(&memory.data(&store)[5..9], b"kept");
+}
