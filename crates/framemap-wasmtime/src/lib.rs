@@ -27,6 +27,7 @@
 mod creator;
 mod error;
 mod memory;
+pub mod memctl;
 mod pending;
 mod pool;
 pub mod prepare;
