@@ -127,7 +127,11 @@ impl CreatorShared {
     /// Takes back the space of a dropped memory.
     pub(crate) fn release(&self, base: usize, mut space: LinearSpace, image: Option<BackingId>) {
         lock(&self.live).remove(&base);
-        let reset = space.zero_dirty(self.config.reset).is_ok();
+        // A slot that will not be kept is not worth resetting, unless its
+        // dirty pages are wanted as an image's working set.
+        let room = lock(&self.pool).len() < self.config.max_idle_slots;
+        let learn = image.is_some_and(|id| lock(&self.working_sets).contains_key(&id));
+        let reset = (room || learn) && space.zero_dirty(self.config.reset).is_ok();
         if reset
             && let Some(id) = image
             && let Some(working_set) = lock(&self.working_sets).get_mut(&id)
@@ -135,8 +139,7 @@ impl CreatorShared {
             working_set.clear();
             working_set.extend_from_slice(space.last_dirty());
         }
-        let keep = self.config.max_idle_slots > 0 && reset;
-        if keep && lock(&self.pool).put(space, self.config.max_idle_slots) {
+        if room && reset && lock(&self.pool).put(space, self.config.max_idle_slots) {
             self.recycled.fetch_add(1, Ordering::Relaxed);
         } else {
             self.released.fetch_add(1, Ordering::Relaxed);

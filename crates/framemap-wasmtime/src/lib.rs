@@ -26,8 +26,8 @@
 
 mod creator;
 mod error;
-mod memory;
 pub mod memctl;
+mod memory;
 mod pending;
 mod pool;
 pub mod prepare;

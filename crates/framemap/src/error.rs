@@ -112,6 +112,30 @@ pub enum Error {
         /// The buffer.
         id: u64,
     },
+    /// The buffer's file shrank under a mapping (it was not sealed, see
+    /// [`crate::SharedBuffer::from_fd`]): the SIGBUS guard replaced the
+    /// affected pages, whose contents are lost, and the buffer can no longer
+    /// be read, written or mapped.
+    #[error("buffer #{id} was truncated under a mapping: its pages are gone")]
+    BufferTruncated {
+        /// The buffer.
+        id: u64,
+    },
+    /// A file offered as a buffer is shorter than the length asked for.
+    #[error("the file holds {file_len:#x} bytes, fewer than the {len:#x} asked for")]
+    FileTooShort {
+        /// The length asked for.
+        len: u64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// Every slot of the SIGBUS guard's registry is in use: no more ranges
+    /// of unsealed buffers can be mapped until some are unmapped.
+    #[error("the SIGBUS guard already guards {capacity} ranges of unsealed buffers")]
+    GuardFull {
+        /// How many ranges the guard holds.
+        capacity: usize,
+    },
     /// A frame names a backing object this memory does not hold.
     #[error("backing #{id} is not attached to this memory")]
     UnknownBacking {

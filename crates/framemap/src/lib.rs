@@ -45,9 +45,24 @@ pub use space::{LinearSpace, ResetPolicy, ResetReport, SpaceConfig};
 pub use summary::{SpaceSummary, human_bytes};
 pub use table::FrameTable;
 
+/// Whether the SIGBUS guard is installed in this process: it is, from the
+/// first buffer over a file framemap could not seal (see
+/// [`SharedBuffer::from_fd`]) on.
+pub fn sigbus_guard_installed() -> bool {
+    sys::sigbus::installed()
+}
+
 /// Whether this kernel supports `PAGEMAP_SCAN` (Linux 6.7+), which makes
 /// resets and residency queries cost time proportional to the pages in use.
 /// Probed once at run time.
 pub fn pagemap_scan_supported() -> bool {
     sys::pagemap::scan_supported()
+}
+
+/// Whether resets track writes precisely: `PAGEMAP_SCAN` plus asynchronous
+/// userfaultfd write-protection (Linux 6.7+, and userfaultfd allowed to this
+/// process). Without it a reset copies every page it kept resident, whether
+/// or not it was written again. Probed once at run time.
+pub fn write_tracking_supported() -> bool {
+    sys::pagemap::scan_supported() && sys::uffd::supported()
 }

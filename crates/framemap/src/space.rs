@@ -16,6 +16,14 @@
 //! 5. Every `Image` frame names an image, and every `Shared` frame a granted,
 //!    unrevoked buffer, that the space holds (so its file stays open and
 //!    sealed for as long as it is mapped) and lies inside it.
+//! 6. Every run of `Shared` frames of an unsealed buffer (see
+//!    [`SharedBuffer::from_fd`]) is registered with the SIGBUS guard
+//!    (`sys::sigbus`) from before it is mapped until after it is replaced.
+//!    The guard may demote such a run behind the table's back (its file was
+//!    truncated): the kernel then has `PROT_NONE` anonymous memory there.
+//!    [`LinearSpace::reconcile`], run first by every change, turns demoted
+//!    runs into `Unmapped` frames; until then `validate` and `summary` read
+//!    them as `Unmapped`, and host reads and writes refuse them.
 //!
 //! Public operations validate their whole argument before any kernel call, so
 //! a rejected call changes nothing.
@@ -27,7 +35,7 @@ use crate::image::Image;
 use crate::page::PageRange;
 use crate::reservation::Reservation;
 use crate::summary::SpaceSummary;
-use crate::sys::{maps, mman, pagemap};
+use crate::sys::{maps, mman, pagemap, sigbus, uffd};
 use crate::table::FrameTable;
 use std::collections::HashMap;
 use std::ptr::NonNull;
@@ -107,6 +115,8 @@ pub struct LinearSpace {
     backing_pages: HashMap<BackingId, u64>,
     /// The dirty runs the last [`LinearSpace::zero_dirty`] found.
     last_dirty: Vec<PageRange>,
+    /// Write tracking (see [`LinearSpace::zero_dirty`]).
+    tracking: Tracking,
 }
 
 impl LinearSpace {
@@ -146,6 +156,7 @@ impl LinearSpace {
             buffers: HashMap::new(),
             backing_pages: HashMap::new(),
             last_dirty: Vec::new(),
+            tracking: Tracking::default(),
         };
         space.grow_to(config.initial_len)?;
         Ok(space)
@@ -262,6 +273,9 @@ impl LinearSpace {
         if buffer.is_revoked() {
             return Err(Error::Revoked { id: buffer.id().0 });
         }
+        if buffer.is_truncated() {
+            return Err(Error::BufferTruncated { id: buffer.id().0 });
+        }
         self.buffers.entry(buffer.id()).or_insert_with(|| buffer.clone());
         self.commit(range, Change::Map(Frame::shared(buffer.id(), buffer_offset / self.page, prot)))
     }
@@ -326,9 +340,29 @@ impl LinearSpace {
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the memory. Refused if any
-    /// of them is not readable.
+    /// of them is not readable, or lies in a window of a buffer found
+    /// truncated ([`Error::BufferTruncated`]).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_access(offset, buf.len() as u64, "read", Protection::readable)?;
+        if sigbus::windows_guarded() {
+            // Windows of unsealed buffers are read through the buffer's host
+            // view, which survives a truncation (invariant 6).
+            for (at, n, via) in self.guarded_pieces(offset, buf.len() as u64)? {
+                let part = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+                match via {
+                    Some((buffer, from)) => buffer.read(from, part)?,
+                    // SAFETY: as below, for this part of the range.
+                    None => unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            self.base().as_ptr().add(at as usize),
+                            part.as_mut_ptr(),
+                            part.len(),
+                        )
+                    },
+                }
+            }
+            return Ok(());
+        }
         // SAFETY: `check_access` proved the bytes lie inside the reservation on
         // readable frames (invariant 1: the kernel agrees), and `buf` is a
         // distinct Rust allocation, so the copy neither faults nor overlaps.
@@ -339,9 +373,24 @@ impl LinearSpace {
     }
 
     /// Copies `data` into the memory at `offset`. Refused if any target byte is
-    /// not writable.
+    /// not writable, or lies in a window of a buffer found truncated
+    /// ([`Error::BufferTruncated`]).
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_access(offset, data.len() as u64, "write", Protection::writable)?;
+        if sigbus::windows_guarded() {
+            // As in `read`: windows of unsealed buffers go through the view.
+            for (at, n, via) in self.guarded_pieces(offset, data.len() as u64)? {
+                let part = &data[(at - offset) as usize..(at - offset + n) as usize];
+                match via {
+                    Some((buffer, from)) => buffer.write(from, part)?,
+                    // SAFETY: as below, for this part of the range.
+                    None => unsafe {
+                        std::ptr::copy_nonoverlapping(part.as_ptr(), self.base().as_ptr().add(at as usize), part.len())
+                    },
+                }
+            }
+            return Ok(());
+        }
         // SAFETY: as in `read`, with writable frames; `&mut self` means no
         // other host access through this space runs concurrently.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().as_ptr().add(offset as usize), data.len()) };
@@ -362,80 +411,164 @@ impl LinearSpace {
     /// Brings every page's contents back to its frame's initial contents
     /// (zero for `Zero` frames, the image's bytes for `Image` frames), leaving
     /// the layout and `Shared` frames as they are.
+    ///
+    /// Dirty pages are found with `PAGEMAP_SCAN`. Where the kernel offers
+    /// asynchronous userfaultfd write-protection (Linux 6.7+), pages restored
+    /// in place are write-protected after a burst of writes, so a later reset
+    /// finds only the pages written since, not every page kept resident:
+    /// after one user dirtied 256 pages and the next none, the next reset
+    /// copies nothing. A set of pages dirty at two resets in a row is left
+    /// unprotected (it is copied each time, with no fault), and is protected
+    /// again every 64 resets. See [`crate::sys`]'s `uffd` module.
     pub fn zero_dirty(&mut self, policy: ResetPolicy) -> Result<ResetReport> {
         let accessible = self.accessible_pages();
         let mut report = ResetReport::default();
-        let mut dirty: Vec<PageRange> = Vec::new();
         let (start, end) = (self.addr_of(accessible.start) as usize, self.addr_of(accessible.end) as usize);
-        if policy.scan_dirty
-            && pagemap::scan_supported()
-            && pagemap::scan(start, end, pagemap::Query::Dirty, |s, e| {
-                dirty.push(PageRange::new(self.page_of(s), self.page_of(e)));
-            })
-            .is_ok()
-        {
-            report.scanned = true;
-            self.last_dirty.clone_from(&dirty);
-        } else {
-            dirty = vec![accessible];
-            self.last_dirty.clear();
+        // The runs found last time become `previous`; this scan refills
+        // `last_dirty` (both buffers are reused: no allocation once warm).
+        std::mem::swap(&mut self.last_dirty, &mut self.tracking.previous);
+        self.last_dirty.clear();
+        let tracked = policy.scan_dirty && pagemap::scan_supported() && self.register_for_tracking();
+        if policy.scan_dirty && pagemap::scan_supported() {
+            let (base, page) = (self.base().as_ptr() as usize, self.page);
+            let dirty = &mut self.last_dirty;
+            let scanned = pagemap::scan(start, end, pagemap::Query::Dirty, |s, e| {
+                dirty.push(PageRange::new(((s - base) as u64) / page, ((e - base) as u64) / page));
+            });
+            report.scanned = scanned.is_ok();
+            if !report.scanned {
+                self.last_dirty.clear();
+            }
         }
+        let everything = [accessible];
+        let regions: &[PageRange] = if report.scanned { &self.last_dirty } else { &everything };
         let mut budget = if report.scanned { policy.keep_resident / self.page } else { 0 };
         let mut to_drop: Vec<PageRange> = Vec::new();
-        for region in dirty {
-            for (run, frame) in self.table.runs_in(region) {
-                match frame.kind() {
-                    FrameKind::Unmapped | FrameKind::Shared { .. } => continue,
-                    FrameKind::Zero if frame.prot().writable() && budget > 0 => {
-                        let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
-                        budget -= in_place.len();
-                        // SAFETY: `in_place` is a read-write Zero run of this
-                        // reservation (table == kernel by invariant 1), and
-                        // `&mut self` excludes concurrent host access.
-                        unsafe {
-                            std::ptr::write_bytes(
-                                self.addr_of(in_place.start),
-                                0,
-                                (in_place.len() * self.page) as usize,
-                            )
-                        };
-                        report.zeroed_in_place += in_place.len() * self.page;
-                        push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
-                    }
-                    FrameKind::Image { image, page } if frame.prot().writable() && budget > 0 => {
-                        let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
-                        let image = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
-                        // SAFETY: `in_place` is a read-write Image run here (table ==
-                        // kernel, invariant 1): mapped and writable; `&mut self`
-                        // excludes any other host reference to it.
-                        let target = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                self.addr_of(in_place.start),
-                                (in_place.len() * self.page) as usize,
-                            )
-                        };
-                        image.copy_to(page * self.page, target).map_err(|source| Error::Kernel {
-                            syscall: "copy from image",
-                            start: in_place.start * self.page,
-                            end: in_place.end * self.page,
-                            source,
-                        })?;
-                        budget -= in_place.len();
-                        report.zeroed_in_place += in_place.len() * self.page;
-                        push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
-                    }
-                    FrameKind::Zero | FrameKind::Image { .. } => push_coalesced(&mut to_drop, run),
+        // The first and last page restored in place (to protect them again).
+        let mut kept = PageRange::new(0, 0);
+        // Dirty runs mostly fall inside one long run of the table (an image,
+        // the zero pages after it): remember the last run looked up, and the
+        // last image, instead of searching the table and the images each time.
+        let mut cached_run: Option<(PageRange, Frame)> = None;
+        let mut cached_image: Option<(BackingId, &Image)> = None;
+        let mut restore = |run: PageRange, frame: Frame| -> Result<()> {
+            match frame.kind() {
+                FrameKind::Unmapped | FrameKind::Shared { .. } => return Ok(()),
+                FrameKind::Zero if frame.prot().writable() && budget > 0 => {
+                    let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
+                    budget -= in_place.len();
+                    // SAFETY: `in_place` is a read-write Zero run of this
+                    // reservation (table == kernel by invariant 1), and
+                    // `&mut self` excludes concurrent host access.
+                    unsafe {
+                        std::ptr::write_bytes(self.addr_of(in_place.start), 0, (in_place.len() * self.page) as usize)
+                    };
+                    report.zeroed_in_place += in_place.len() * self.page;
+                    kept = hull(kept, in_place);
+                    push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
                 }
-                if report.scanned {
-                    report.dirty += run.len() * self.page;
+                FrameKind::Image { image: id, page } if frame.prot().writable() && budget > 0 => {
+                    let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
+                    let image = match cached_image {
+                        Some((cached, image)) if cached == id => image,
+                        _ => {
+                            let found = self.images.get(&id).ok_or(Error::UnknownBacking { id: id.0 })?;
+                            cached_image = Some((id, found));
+                            found
+                        }
+                    };
+                    // SAFETY: `in_place` is a read-write Image run here (table ==
+                    // kernel, invariant 1): mapped and writable; `&mut self`
+                    // excludes any other host reference to it.
+                    let target = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            self.addr_of(in_place.start),
+                            (in_place.len() * self.page) as usize,
+                        )
+                    };
+                    image.copy_to(page * self.page, target).map_err(|source| Error::Kernel {
+                        syscall: "copy from image",
+                        start: in_place.start * self.page,
+                        end: in_place.end * self.page,
+                        source,
+                    })?;
+                    budget -= in_place.len();
+                    report.zeroed_in_place += in_place.len() * self.page;
+                    kept = hull(kept, in_place);
+                    push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
+                }
+                FrameKind::Zero | FrameKind::Image { .. } => push_coalesced(&mut to_drop, run),
+            }
+            if report.scanned {
+                report.dirty += run.len() * self.page;
+            }
+            Ok(())
+        };
+        for &region in regions {
+            let contains = |run: &PageRange| run.start <= region.start && region.end <= run.end;
+            if !cached_run.is_some_and(|(run, _)| contains(&run)) {
+                cached_run = self.table.run_containing(region.start);
+            }
+            match cached_run {
+                Some((run, frame)) if contains(&run) => restore(region, frame.advanced(region.start - run.start))?,
+                _ => {
+                    for (run, frame) in self.table.runs_in(region) {
+                        restore(run, frame)?;
+                    }
                 }
             }
         }
+        // Dropped pages read as the image or zero again, and count as written
+        // only once written: dropped before protecting, they need no
+        // protection (nor the kernel's markers for it).
         for range in to_drop {
             self.drop_pages(range)?;
             report.dropped += range.len() * self.page;
         }
+        // Write tracking: pages restored in place are written pages again.
+        // Protecting them lets the next reset skip those the next user does
+        // not write (a page is then copied only if written since), at the
+        // price of one minor fault on the next write of each. So they are
+        // protected when the dirty set changed (a burst of writes, or new
+        // pages); a set found twice in a row is hot and left unprotected (it
+        // is copied at each reset, with no fault), and every
+        // `REPROTECT_PERIOD` resets everything is protected again so pages
+        // that went cold stop being copied.
+        if tracked && !kept.is_empty() {
+            self.tracking.resets_since_protection += 1;
+            let changed = self.last_dirty != self.tracking.previous;
+            if changed || self.tracking.resets_since_protection >= REPROTECT_PERIOD {
+                let (first, last) = (self.addr_of(kept.start) as usize, self.addr_of(kept.end) as usize);
+                // A failure leaves pages unprotected, which only means they
+                // are copied again next time.
+                if pagemap::protect_dirty(first, last).is_ok() {
+                    self.tracking.resets_since_protection = 0;
+                }
+            }
+        }
         Ok(report)
+    }
+
+    /// Registers the accessible Zero and Image runs for write tracking if
+    /// the layout changed since they were (one `ioctl` per run); true if
+    /// they are registered. A run the kernel refuses stays untracked: its
+    /// present pages always count as written (see [`crate::sys::uffd`]).
+    fn register_for_tracking(&mut self) -> bool {
+        if let Some(registered) = self.tracking.registered {
+            return registered;
+        }
+        let mut registered = uffd::supported();
+        if registered {
+            for (run, frame) in self.table.runs_in(self.accessible_pages()) {
+                if matches!(frame.kind(), FrameKind::Zero | FrameKind::Image { .. }) {
+                    // SAFETY: `run` is mapped inside this space's reservation.
+                    let ok = unsafe { uffd::register(self.addr_of(run.start), (run.len() * self.page) as usize) };
+                    registered &= ok.is_ok();
+                }
+            }
+        }
+        self.tracking.registered = Some(registered);
+        registered
     }
 
     /// The runs of pages the last [`LinearSpace::zero_dirty`] found dirty, in
@@ -578,7 +711,7 @@ impl LinearSpace {
             push_segment(&mut actual, ((s - base) as u64, (e - base) as u64, vma.perms, file));
         }
         let mut expected: Vec<Segment> = Vec::new();
-        for (run, frame) in self.table.runs() {
+        for (run, frame) in self.effective_runs() {
             let (r, w) = (frame.prot().readable(), frame.prot().writable());
             let (shared, file) = match frame.kind() {
                 FrameKind::Unmapped | FrameKind::Zero => (false, None),
@@ -630,7 +763,7 @@ impl LinearSpace {
             bytes: [0; 4],
             resident: [0; 4],
         };
-        for (run, frame) in self.table.runs() {
+        for (run, frame) in self.effective_runs() {
             let tag = frame.tag().index();
             summary.runs[tag] += 1;
             summary.bytes[tag] += run.len() * self.page;
@@ -643,11 +776,42 @@ impl LinearSpace {
         Ok(summary)
     }
 
-    /// The one place mappings change (module invariants 1-3).
+    /// The one place mappings change (module invariants 1-3 and 6): folds
+    /// in the SIGBUS guard's demotions first, then applies `change`.
     fn commit(&mut self, range: PageRange, change: Change) -> Result<()> {
         if range.is_empty() {
             return Ok(());
         }
+        self.reconcile()?;
+        self.apply(range, change)
+    }
+
+    /// Turns the windows the SIGBUS guard demoted into `Unmapped` frames.
+    ///
+    /// A window of an unsealed buffer (see [`SharedBuffer::from_fd`]) whose
+    /// file was truncated under it is replaced by the guard, from its signal
+    /// handler, with inaccessible anonymous memory, without the frame table
+    /// knowing. This makes the table say so: those runs become `Unmapped`
+    /// (the kernel already agrees), and the buffer loses those pages'
+    /// counts (it is let go once no page names it). Every change to the
+    /// space runs it first; [`LinearSpace::validate`] and
+    /// [`LinearSpace::summary`] read demoted runs as `Unmapped` without it.
+    /// Returns the pages turned `Unmapped`.
+    pub fn reconcile(&mut self) -> Result<u64> {
+        let base = self.base().as_ptr() as usize;
+        let mut pages = 0;
+        for (start, end) in sigbus::demoted_windows(base, base + self.total() as usize) {
+            let run = PageRange::new(self.page_of(start), self.page_of(end));
+            self.apply(run, Change::Map(Frame::UNMAPPED))?;
+            pages += run.len();
+        }
+        Ok(pages)
+    }
+
+    /// Applies `change` to `range` in the kernel and the table.
+    fn apply(&mut self, range: PageRange, change: Change) -> Result<()> {
+        // New mappings are not registered for write tracking yet.
+        self.tracking.registered = None;
         let (addr, len) = (self.addr_of(range.start), (range.len() * self.page) as usize);
         let kernel = |syscall, source| Error::Kernel {
             syscall,
@@ -657,43 +821,37 @@ impl LinearSpace {
         };
         match change {
             Change::Map(frame) => {
-                match frame.kind() {
-                    FrameKind::Unmapped => {
-                        // SAFETY: `range` lies inside the reservation this space
-                        // owns; no Rust reference points into guest memory.
-                        unsafe { mman::replace_with_zero(addr, len, Protection::None) }
-                            .map_err(|e| kernel("mmap", e))?;
-                    }
-                    FrameKind::Zero if self.table.runs_in(range).all(|(_, f)| f.tag() == FrameTag::Unmapped) => {
-                        // SAFETY: as above; the pages are fresh anonymous
-                        // memory (invariant 3), so protecting them is mapping
-                        // zero pages.
-                        unsafe { mman::protect(addr, len, frame.prot()) }.map_err(|e| kernel("mprotect", e))?;
-                    }
-                    FrameKind::Zero => {
-                        // SAFETY: as above.
-                        unsafe { mman::replace_with_zero(addr, len, frame.prot()) }.map_err(|e| kernel("mmap", e))?;
-                    }
-                    FrameKind::Image { image, page } => {
-                        let image = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
-                        // SAFETY: as above; the image's file cannot shrink and
-                        // covers the range (`map_image`/`restore_layout` check
-                        // it against the image's length).
-                        unsafe {
-                            mman::replace_with_file(addr, len, frame.prot(), image.fd(), page * self.page, false)
-                        }
-                        .map_err(|e| kernel("mmap", e))?;
-                    }
+                // Invariant 6: a window of an unsealed buffer is registered
+                // before it is mapped; the windows it replaces are released
+                // after, and mapped again where the guard demoted them
+                // meanwhile (its mmap may have landed after ours).
+                let guarded = match frame.kind() {
                     FrameKind::Shared { buffer, page } => {
-                        let buffer = self.buffers.get(&buffer).ok_or(Error::UnknownBacking { id: buffer.0 })?;
-                        // SAFETY: as above; the buffer's file is sealed
-                        // against shrinking and covers the range
-                        // (`map_buffer` checks it against the length).
-                        unsafe {
-                            mman::replace_with_file(addr, len, frame.prot(), buffer.fd(), page * self.page, true)
-                        }
-                        .map_err(|e| kernel("mmap", e))?;
+                        self.buffers.get(&buffer).filter(|b| b.guarded()).map(|b| (b, page * self.page))
                     }
+                    FrameKind::Unmapped | FrameKind::Zero | FrameKind::Image { .. } => None,
+                };
+                let mut ticket = match guarded.is_some() || sigbus::windows_guarded() {
+                    true => Some(sigbus::reserve(2).ok_or(Error::GuardFull { capacity: sigbus::CAPACITY })?),
+                    false => None,
+                };
+                let (start, end) = (addr as usize, addr as usize + len);
+                let slot = match (guarded, ticket.as_mut()) {
+                    (Some((buffer, offset)), Some(t)) => {
+                        let id = buffer.id().0;
+                        sigbus::guard(t, sigbus::Range::new(start, end, sigbus::Guard::Window, id, buffer.fd(), offset))
+                    }
+                    _ => None,
+                };
+                if let Err(e) = self.map_frames(range, frame) {
+                    if let Some(slot) = slot {
+                        sigbus::unguard(slot);
+                    }
+                    return Err(e);
+                }
+                for (s, e) in sigbus::unguard_windows(ticket.as_mut(), start, end, slot) {
+                    let part = PageRange::new(self.page_of(s), self.page_of(e));
+                    self.map_frames(part, frame.advanced(part.start - range.start))?;
                 }
                 self.count_backings(range, frame);
                 self.table.set(range, frame);
@@ -715,6 +873,116 @@ impl LinearSpace {
             }
         }
         Ok(())
+    }
+
+    /// Replaces `range` with `frame` (advanced page by page) in the kernel
+    /// only, with one `mmap(MAP_FIXED)` (or an `mprotect` of fresh
+    /// `Unmapped` pages).
+    fn map_frames(&self, range: PageRange, frame: Frame) -> Result<()> {
+        let (addr, len) = (self.addr_of(range.start), (range.len() * self.page) as usize);
+        let kernel = |syscall, source| Error::Kernel {
+            syscall,
+            start: range.start * self.page,
+            end: range.end * self.page,
+            source,
+        };
+        match frame.kind() {
+            FrameKind::Unmapped => {
+                // SAFETY: `range` lies inside the reservation this space
+                // owns; no Rust reference points into guest memory.
+                unsafe { mman::replace_with_zero(addr, len, Protection::None) }.map_err(|e| kernel("mmap", e))?;
+            }
+            FrameKind::Zero if self.table.runs_in(range).all(|(_, f)| f.tag() == FrameTag::Unmapped) => {
+                // SAFETY: as above; the pages are fresh anonymous
+                // memory (invariant 3), so protecting them is mapping
+                // zero pages.
+                unsafe { mman::protect(addr, len, frame.prot()) }.map_err(|e| kernel("mprotect", e))?;
+            }
+            FrameKind::Zero => {
+                // SAFETY: as above.
+                unsafe { mman::replace_with_zero(addr, len, frame.prot()) }.map_err(|e| kernel("mmap", e))?;
+            }
+            FrameKind::Image { image, page } => {
+                let image = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
+                // SAFETY: as above; the image's file cannot shrink and
+                // covers the range (`map_image`/`restore_layout` check
+                // it against the image's length).
+                unsafe { mman::replace_with_file(addr, len, frame.prot(), image.fd(), page * self.page, false) }
+                    .map_err(|e| kernel("mmap", e))?;
+            }
+            FrameKind::Shared { buffer, page } => {
+                let buffer = self.buffers.get(&buffer).ok_or(Error::UnknownBacking { id: buffer.0 })?;
+                // SAFETY: as above; the buffer's file covers the range
+                // (`map_buffer` checks it against the length) and is
+                // sealed against shrinking, or else the range is
+                // registered with the SIGBUS guard (invariant 6), which
+                // absorbs the faults of a truncation.
+                unsafe { mman::replace_with_file(addr, len, frame.prot(), buffer.fd(), page * self.page, true) }
+                    .map_err(|e| kernel("mmap", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The table's runs as the kernel has them now: runs the SIGBUS guard
+    /// demoted since the last [`LinearSpace::reconcile`] read as `Unmapped`.
+    fn effective_runs(&self) -> Vec<(PageRange, Frame)> {
+        let base = self.base().as_ptr() as usize;
+        let demoted: Vec<PageRange> = sigbus::demoted_windows(base, base + self.total() as usize)
+            .into_iter()
+            .map(|(s, e)| PageRange::new(self.page_of(s), self.page_of(e)))
+            .collect();
+        let mut out = Vec::with_capacity(self.table.run_count() + 2 * demoted.len());
+        for (run, frame) in self.table.runs() {
+            let mut at = run.start;
+            for d in demoted.iter().map(|d| d.intersect(run)) {
+                if d.is_empty() || d.start < at {
+                    continue;
+                }
+                if d.start > at {
+                    out.push((PageRange::new(at, d.start), frame.advanced(at - run.start)));
+                }
+                out.push((d, Frame::UNMAPPED));
+                at = d.end;
+            }
+            if at < run.end {
+                out.push((PageRange::new(at, run.end), frame.advanced(at - run.start)));
+            }
+        }
+        out
+    }
+
+    /// Splits `offset..offset + len` (checked by `check_access`) into parts
+    /// read or written directly and parts inside windows of unsealed buffers,
+    /// which go through the buffer's host view at the given buffer offset.
+    /// Refused if a window the range touches was demoted.
+    fn guarded_pieces(&self, offset: u64, len: u64) -> Result<Vec<Piece<'_>>> {
+        let end = offset + len;
+        let pages = PageRange::new(offset / self.page, end.div_ceil(self.page));
+        let (start, stop) = (self.addr_of(pages.start) as usize, self.addr_of(pages.end) as usize);
+        if let Some(&(s, _)) = sigbus::demoted_windows(start, stop).first() {
+            let id = match self.table.get(self.page_of(s.max(start))).map(|(_, f)| f.kind()) {
+                Some(FrameKind::Shared { buffer, .. }) => buffer.0,
+                _ => 0,
+            };
+            return Err(Error::BufferTruncated { id });
+        }
+        let mut pieces = Vec::new();
+        for (run, frame) in self.table.runs_in(pages) {
+            let (s, e) = ((run.start * self.page).max(offset), (run.end * self.page).min(end));
+            let via = match frame.kind() {
+                FrameKind::Shared { buffer, page } => self
+                    .buffers
+                    .get(&buffer)
+                    .filter(|b| b.guarded())
+                    .map(|b| (b, page * self.page + (s - run.start * self.page))),
+                FrameKind::Unmapped | FrameKind::Zero | FrameKind::Image { .. } => None,
+            };
+            if e > s {
+                pieces.push((s, e - s, via));
+            }
+        }
+        Ok(pieces)
     }
 
     /// Updates the per-backing page counts for `range` becoming `frame`, and
@@ -827,6 +1095,37 @@ impl LinearSpace {
     }
 }
 
+impl Drop for LinearSpace {
+    /// Releases the space's guarded windows (invariant 6) before the
+    /// reservation is unmapped.
+    fn drop(&mut self) {
+        let base = self.base().as_ptr() as usize;
+        sigbus::unguard_windows(None, base, base + self.total() as usize, None);
+    }
+}
+
+/// The smallest range holding `a` and `b` (an empty `a` holds nothing).
+fn hull(a: PageRange, b: PageRange) -> PageRange {
+    if a.is_empty() { b } else { PageRange::new(a.start.min(b.start), a.end.max(b.end)) }
+}
+
+/// Resets between two in which write tracking protects every page it
+/// restored, whether or not the dirty set changed (see
+/// [`LinearSpace::zero_dirty`]).
+const REPROTECT_PERIOD: u32 = 64;
+
+/// Write tracking state of a space (see [`LinearSpace::zero_dirty`]).
+#[derive(Debug, Default)]
+struct Tracking {
+    /// Whether the accessible Zero and Image runs are registered for write
+    /// tracking as laid out now (`None`: the layout changed since).
+    registered: Option<bool>,
+    /// The dirty runs the reset before the last one found.
+    previous: Vec<PageRange>,
+    /// Resets since the last one that protected the pages it restored.
+    resets_since_protection: u32,
+}
+
 fn push_coalesced(ranges: &mut Vec<PageRange>, range: PageRange) {
     if range.is_empty() {
         return;
@@ -836,6 +1135,10 @@ fn push_coalesced(ranges: &mut Vec<PageRange>, range: PageRange) {
         _ => ranges.push(range),
     }
 }
+
+/// `(offset, len, via)`: part of a host access, made directly or, for a
+/// window of an unsealed buffer, through that buffer at the given offset.
+type Piece<'a> = (u64, u64, Option<(&'a SharedBuffer, u64)>);
 
 /// `(start, end, perms, file)`: a stretch of the reservation as the kernel
 /// maps it, `file` being `(inode, offset of start)` or `None` if anonymous.

@@ -77,6 +77,13 @@ impl FrameTable {
         })
     }
 
+    /// The whole run holding `page`, with its first page's frame.
+    pub fn run_containing(&self, page: u64) -> Option<(PageRange, Frame)> {
+        let (&start, run) = self.runs.range(..=page).next_back()?;
+        let range = PageRange::new(start, start + run.len);
+        (page < range.end).then_some((range, run.frame))
+    }
+
     /// Sets every page of `range` to `frame` (advanced page by page), splitting
     /// and coalescing runs as needed. `range` is clipped to the table.
     pub fn set(&mut self, range: PageRange, frame: Frame) {

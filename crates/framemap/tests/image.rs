@@ -174,3 +174,71 @@ fn discard_turns_image_pages_into_zero_pages() {
     assert_eq!(s.table().get(1).unwrap().1.prot(), Protection::Read, "discard keeps protection");
     assert_eq!(bytes_at(&s, 3 * p, 1), [5]);
 }
+
+/// A memory of 64 pages over an image of 64 pages (every byte non-zero).
+fn imaged_space() -> (LinearSpace, Image, Vec<u8>) {
+    let p = framemap::host_page_size() as u64;
+    let bytes: Vec<u8> = (0..64 * p).map(|i| (i % 251 + 1) as u8).collect();
+    let image = Image::from_bytes(&bytes).unwrap();
+    let mut space = LinearSpace::new(SpaceConfig { capacity: 128 * p, guard: 0, initial_len: 0 }).unwrap();
+    space.restore_layout(64 * p, Some(&image)).unwrap();
+    (space, image, bytes)
+}
+
+fn contents(space: &LinearSpace, len: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len as usize];
+    space.read(0, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_burst_of_writes_is_not_copied_again_by_later_resets() {
+    let p = framemap::host_page_size() as u64;
+    let (mut space, image, bytes) = imaged_space();
+    let policy = ResetPolicy::default();
+    for page in 0..48 {
+        space.write(page * p + 5, &[0]).unwrap();
+    }
+    let burst = space.reset(64 * p, Some(&image), policy).unwrap();
+    assert_eq!((burst.dirty, burst.zeroed_in_place), (48 * p, 48 * p), "the burst is restored in place");
+    assert_eq!(contents(&space, 64 * p), bytes);
+    space.write(3 * p, &[0, 0]).unwrap();
+    space.write(40 * p, &[0]).unwrap();
+    let small = space.reset(64 * p, Some(&image), policy).unwrap();
+    if framemap::write_tracking_supported() {
+        assert_eq!(small.dirty, 2 * p, "only the pages written since the burst");
+    } else {
+        assert_eq!(small.dirty, 48 * p, "without write tracking every kept page counts");
+    }
+    assert_eq!(contents(&space, 64 * p), bytes);
+    let idle = space.reset(64 * p, Some(&image), policy).unwrap();
+    if framemap::write_tracking_supported() {
+        assert_eq!(idle.dirty, 0, "nothing written since");
+    }
+    assert_eq!(contents(&space, 64 * p), bytes);
+    space.validate().unwrap();
+}
+
+#[test]
+fn hot_pages_are_copied_every_time_and_released_when_they_go_cold() {
+    let p = framemap::host_page_size() as u64;
+    let (mut space, image, bytes) = imaged_space();
+    let policy = ResetPolicy::default();
+    for _ in 0..5 {
+        for page in [1, 2, 9] {
+            space.write(page * p, &[0]).unwrap();
+        }
+        let report = space.reset(64 * p, Some(&image), policy).unwrap();
+        assert_eq!(report.dirty, 3 * p);
+        assert_eq!(contents(&space, 64 * p), bytes);
+    }
+    if !framemap::write_tracking_supported() {
+        return;
+    }
+    // No more writes: the hot pages are protected again within the period
+    // and then no longer copied.
+    let idle = (0..70).position(|_| space.reset(64 * p, Some(&image), policy).unwrap().dirty == 0);
+    assert!(idle.is_some_and(|resets| resets <= 65), "cold pages still copied after {idle:?} resets");
+    assert_eq!(contents(&space, 64 * p), bytes);
+    space.validate().unwrap();
+}

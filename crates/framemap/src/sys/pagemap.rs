@@ -7,8 +7,10 @@
 //! one pagemap entry per page).
 //!
 //! The pagemap file is opened once per process and reopened after a `fork`
-//! (detected by a change of pid), so a child never reads its parent's map.
+//! (a wipe-on-fork page tells, without a system call, that no fork happened;
+//! otherwise the pid is compared), so a child never reads its parent's map.
 
+use super::fork::ForkSentinel;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode, opcode};
 use std::ffi::c_void;
 use std::fs::File;
@@ -19,6 +21,7 @@ use std::sync::{Mutex, OnceLock};
 
 /// The page categories of `PAGEMAP_SCAN` (`include/uapi/linux/fs.h`).
 mod category {
+    pub(super) const WRITTEN: u64 = 1 << 1;
     pub(super) const FILE: u64 = 1 << 2;
     pub(super) const PRESENT: u64 = 1 << 3;
     pub(super) const SWAPPED: u64 = 1 << 4;
@@ -29,8 +32,10 @@ mod category {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Query {
     /// Pages whose contents may differ from what the mapping would read back
-    /// after a discard: private pages that are present or swapped out, and are
-    /// neither the shared zero page nor an unmodified file page.
+    /// after a discard: private pages that are present or swapped out, are
+    /// neither the shared zero page nor an unmodified file page, and were
+    /// written since they were last write-protected (see [`super::uffd`]; a
+    /// page never protected counts as written).
     Dirty,
     /// Pages that occupy memory: present and not the shared zero page.
     Resident,
@@ -41,7 +46,7 @@ impl Query {
     fn masks(self) -> (u64, u64, u64) {
         use category::*;
         match self {
-            Query::Dirty => (PFNZERO | FILE, PFNZERO | FILE, PRESENT | SWAPPED),
+            Query::Dirty => (WRITTEN | PFNZERO | FILE, PFNZERO | FILE, PRESENT | SWAPPED),
             Query::Resident => (PRESENT | PFNZERO, PFNZERO, 0),
         }
     }
@@ -80,8 +85,8 @@ struct Scan<'a> {
 
 // SAFETY: the opcode is `_IOWR('f', 16, struct pm_scan_arg)`, the argument is
 // a correctly laid out `pm_scan_arg` whose `vec`/`vec_len` describe a buffer
-// borrowed for the lifetime `'a`, and the kernel writes only `walk_end` and at
-// most `vec_len` regions into that buffer.
+// borrowed for the lifetime `'a` (or are 0 and null), and the kernel writes
+// only `walk_end` and at most `vec_len` regions into that buffer.
 unsafe impl Ioctl for Scan<'_> {
     type Output = (usize, u64);
     const IS_MUTATING: bool = true;
@@ -102,6 +107,9 @@ unsafe impl Ioctl for Scan<'_> {
     }
 }
 
+/// `/proc/self/pagemap` as opened by this very process: the file describes
+/// the address space of the process that opened it, so a fork child must
+/// open its own.
 struct PagemapFile {
     pid: rustix::process::Pid,
     file: File,
@@ -110,11 +118,16 @@ struct PagemapFile {
 static PAGEMAP: Mutex<Option<PagemapFile>> = Mutex::new(None);
 
 fn with_pagemap<T>(f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
-    let pid = rustix::process::getpid();
+    static SENTINEL: OnceLock<ForkSentinel> = OnceLock::new();
+    let sentinel = SENTINEL.get_or_init(ForkSentinel::new);
     let mut slot = PAGEMAP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if slot.as_ref().is_none_or(|open| open.pid != pid) {
-        *slot = Some(PagemapFile { pid, file: File::open("/proc/self/pagemap")? });
+    // The pid is only asked for (a system call) when a fork may have
+    // happened since the file was opened.
+    let current = slot.as_ref().is_some_and(|open| sentinel.untouched() || open.pid == rustix::process::getpid());
+    if !current {
+        *slot = Some(PagemapFile { pid: rustix::process::getpid(), file: File::open("/proc/self/pagemap")? });
     }
+    sentinel.arm();
     match slot.as_ref() {
         Some(open) => f(&open.file),
         None => Err(io::Error::other("pagemap file not open")),
@@ -136,7 +149,23 @@ pub(crate) fn scan_supported() -> bool {
 /// Reports every run of pages in `[start, end)` that matches `query`, in
 /// address order, as `visit(run_start, run_end)`. `start` and `end` must be
 /// page aligned. Only reads page tables: no memory is touched.
-pub(crate) fn scan(start: usize, end: usize, query: Query, mut visit: impl FnMut(usize, usize)) -> io::Result<()> {
+pub(crate) fn scan(start: usize, end: usize, query: Query, visit: impl FnMut(usize, usize)) -> io::Result<()> {
+    walk(start, end, query, 0, visit)
+}
+
+/// `PM_SCAN_WP_MATCHING`: also write-protect every matching page.
+const WP_MATCHING: u64 = 1 << 0;
+/// Write-protects every [`Query::Dirty`] page of `[start, end)` in one walk,
+/// so each reads as not written until its next write. Pages of mappings not
+/// registered with [`super::uffd::register`] are left as they are (and keep
+/// reading as written). Changes no contents.
+pub(crate) fn protect_dirty(start: usize, end: usize) -> io::Result<()> {
+    walk(start, end, Query::Dirty, WP_MATCHING, |_, _| {})
+}
+
+fn walk(start: usize, end: usize, query: Query, flags: u64, mut visit: impl FnMut(usize, usize)) -> io::Result<()> {
+    // Protecting needs no output: the kernel then skips the copy-out.
+    let regions_wanted = flags & WP_MATCHING == 0;
     const REGIONS: usize = 64;
     let (mask, inverted, anyof) = query.masks();
     let mut regions = [MaybeUninit::<PageRegion>::uninit(); REGIONS];
@@ -147,12 +176,12 @@ pub(crate) fn scan(start: usize, end: usize, query: Query, mut visit: impl FnMut
             let scan = Scan {
                 arg: PmScanArg {
                     size: size_of::<PmScanArg>() as u64,
-                    flags: 0,
+                    flags,
                     start: cursor,
                     end,
                     walk_end: 0,
-                    vec: regions.as_mut_ptr() as u64,
-                    vec_len: REGIONS as u64,
+                    vec: if regions_wanted { regions.as_mut_ptr() as u64 } else { 0 },
+                    vec_len: if regions_wanted { REGIONS as u64 } else { 0 },
                     max_pages: 0,
                     category_inverted: inverted,
                     category_mask: mask,
@@ -162,7 +191,8 @@ pub(crate) fn scan(start: usize, end: usize, query: Query, mut visit: impl FnMut
                 _regions: std::marker::PhantomData,
             };
             // SAFETY: see the `Ioctl` impl of `Scan`; the fd is the pagemap
-            // of this very process, which the ioctl only reads.
+            // of this very process, whose page tables the ioctl reads (and,
+            // with WP_MATCHING, write-protects: no byte of memory changes).
             let (count, walk_end) = unsafe { rustix::ioctl::ioctl(file, scan) }?;
             for region in &regions[..count.min(REGIONS)] {
                 // SAFETY: the kernel initialised the first `count` entries.
