@@ -14,7 +14,9 @@ use std::sync::{Arc, Weak};
 /// Windows may leave pages inside the memory's size unmapped or
 /// inaccessible: the guest traps on them, but host code reading the memory
 /// through `wasmtime::Memory::data` (a WASI call, say) must not touch them,
-/// or it faults outside wasm.
+/// or it faults outside wasm. [`MemoryHandle::read`] and
+/// [`MemoryHandle::write`] check the frame table first and refuse such
+/// pages with an error instead.
 #[derive(Clone, Debug)]
 pub struct MemoryHandle {
     base: usize,
@@ -31,12 +33,14 @@ impl MemoryHandle {
         self.base
     }
 
-    /// The memory's frame table and residency now.
+    /// The memory's frame table and residency now (windows the SIGBUS guard
+    /// demoted are folded in first, see [`LinearSpace::reconcile`]).
     pub fn report(&self) -> Result<FrameReport> {
         let gone = || Error::NotFramemap { base: self.base };
         let live = self.live.upgrade().ok_or_else(gone)?;
-        let guard = live.lock();
-        let space = guard.as_ref().ok_or_else(gone)?;
+        let mut guard = live.lock();
+        let space = guard.as_mut().ok_or_else(gone)?;
+        space.reconcile().map_err(|source| Error::Report { base: self.base, source })?;
         let summary = space.summary().map_err(|source| Error::Report { base: self.base, source })?;
         Ok(FrameReport { summary, runs: space.table().runs().collect() })
     }
@@ -87,7 +91,23 @@ impl MemoryHandle {
         self.with_space(|space| space.discard(offset, len))
     }
 
-    fn with_space(&self, f: impl FnOnce(&mut LinearSpace) -> framemap::Result<()>) -> Result<()> {
+    /// Copies `buf.len()` bytes at guest offset `offset` out of the memory,
+    /// checking the frame table first: refused (nothing copied) if any byte
+    /// is unmapped, inaccessible, past the memory's size, or in a window of
+    /// a truncated buffer, where a raw read would fault outside wasm.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.with_space(|space| space.read(offset, buf))
+    }
+
+    /// Copies `data` into the memory at guest offset `offset`, checking the
+    /// frame table first: refused (nothing written) if any byte is not
+    /// writable (read-only, unmapped, past the memory's size, or in a window
+    /// of a truncated buffer).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.with_space(|space| space.write(offset, data))
+    }
+
+    fn with_space<T>(&self, f: impl FnOnce(&mut LinearSpace) -> framemap::Result<T>) -> Result<T> {
         let gone = || Error::NotFramemap { base: self.base };
         let live = self.live.upgrade().ok_or_else(gone)?;
         let mut guard = live.lock();

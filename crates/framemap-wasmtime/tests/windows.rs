@@ -139,8 +139,17 @@ fn window_requests_on_a_live_memory_are_checked() {
     assert!(handle.protect(2 * page, page, Protection::Read).is_err(), "unmapped pages have no protection");
     handle.map_zero(2 * page, page, Protection::ReadWrite).unwrap();
     assert_eq!(peek.call(&mut store, 2 * page as i32).unwrap(), 0);
+    // Checked host access: through the window, and refused on holes.
+    let mut word = [0u8; 8];
+    handle.read(page, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), PATTERN_B);
+    assert!(handle.write(page, &[1]).is_err(), "a read-only window");
+    handle.write(2 * page + 3, &[9]).unwrap();
+    assert_eq!(peek.call(&mut store, 2 * page as i32 + 3).unwrap(), 9);
     buffer.revoke();
     assert!(peek.call(&mut store, page as i32).is_err(), "a revoked window traps");
+    assert!(handle.read(page, &mut word).is_err(), "the host is refused where the guest traps");
+    assert!(handle.read(65536 - 4, &mut word).is_err(), "past the memory's size");
     assert!(handle.map_buffer(0, &buffer, 0, page, Protection::Read).is_err(), "revoked buffers cannot be mapped");
     handle.validate().unwrap();
 }
