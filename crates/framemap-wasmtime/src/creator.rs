@@ -14,7 +14,7 @@ use crate::pool::{SlotKey, SlotPool};
 use crate::report::MemoryHandle;
 use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use wasmtime::{AsContext, LinearMemory, Memory, MemoryType, SharedMemory};
 
@@ -86,6 +86,9 @@ pub(crate) struct CreatorShared {
     /// Images whose working set is prefaulted into fresh slots, with the
     /// dirty runs the last reset of a slot serving them found.
     working_sets: Mutex<HashMap<BackingId, Vec<PageRange>>>,
+    /// Whether `working_sets` may be non-empty (lets the hot path skip its
+    /// lock when no image has prefaulting on, the common case).
+    any_working_set: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,8 +116,8 @@ impl CreatorShared {
             LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len }).map_err(create)?;
         if let Some(image) = image {
             space.restore_layout(minimum, Some(image)).map_err(create)?;
-            let working_set = lock(&self.working_sets).get(&image.id()).cloned();
-            if let Some(ranges) = working_set
+            let working_set = self.working_sets_on().then(|| lock(&self.working_sets).get(&image.id()).cloned());
+            if let Some(Some(ranges)) = working_set
                 && let Ok(bytes) = space.populate(&ranges)
             {
                 self.prefaulted.fetch_add(bytes, Ordering::Relaxed);
@@ -130,9 +133,10 @@ impl CreatorShared {
         // A slot that will not be kept is not worth resetting, unless its
         // dirty pages are wanted as an image's working set.
         let room = lock(&self.pool).len() < self.config.max_idle_slots;
-        let learn = image.is_some_and(|id| lock(&self.working_sets).contains_key(&id));
+        let learn = image.is_some_and(|id| self.working_sets_on() && lock(&self.working_sets).contains_key(&id));
         let reset = (room || learn) && space.zero_dirty(self.config.reset).is_ok();
         if reset
+            && learn
             && let Some(id) = image
             && let Some(working_set) = lock(&self.working_sets).get_mut(&id)
         {
@@ -144,6 +148,10 @@ impl CreatorShared {
         } else {
             self.released.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn working_sets_on(&self) -> bool {
+        self.any_working_set.load(Ordering::Acquire)
     }
 
     fn live(&self, base: usize) -> Result<Arc<LiveMemory>> {
@@ -207,6 +215,7 @@ impl FrameMemoryCreator {
         } else {
             sets.remove(&image.id());
         }
+        self.shared.any_working_set.store(!sets.is_empty(), Ordering::Release);
     }
 
     /// Releases every idle slot's reservation.

@@ -810,8 +810,6 @@ impl LinearSpace {
 
     /// Applies `change` to `range` in the kernel and the table.
     fn apply(&mut self, range: PageRange, change: Change) -> Result<()> {
-        // New mappings are not registered for write tracking yet.
-        self.tracking.registered = None;
         let (addr, len) = (self.addr_of(range.start), (range.len() * self.page) as usize);
         let kernel = |syscall, source| Error::Kernel {
             syscall,
@@ -821,6 +819,9 @@ impl LinearSpace {
         };
         match change {
             Change::Map(frame) => {
+                // New mappings are not registered for write tracking yet
+                // (a protection change keeps a mapping's registration).
+                self.tracking.registered = None;
                 // Invariant 6: a window of an unsealed buffer is registered
                 // before it is mapped; the windows it replaces are released
                 // after, and mapped again where the guard demoted them
@@ -857,6 +858,22 @@ impl LinearSpace {
                 self.table.set(range, frame);
             }
             Change::Protect(prot) => {
+                // Most ranges lie inside one run: no need to collect them.
+                if let Some((run, frame)) = self.table.run_containing(range.start)
+                    && range.end <= run.end
+                {
+                    if frame.tag() == FrameTag::Unmapped {
+                        return Err(self.wrong_frames("protect", FrameTag::Unmapped, range));
+                    }
+                    // SAFETY: as above; every page in the range is mapped.
+                    unsafe { mman::protect(addr, len, prot) }.map_err(|e| kernel("mprotect", e))?;
+                    if frame.prot() != prot
+                        && let Some(frame) = frame.with_prot(prot)
+                    {
+                        self.table.set(range, frame.advanced(range.start - run.start));
+                    }
+                    return Ok(());
+                }
                 let runs: Vec<_> = self.table.runs_in(range).collect();
                 if let Some(&(run, _)) = runs.iter().find(|(_, f)| f.tag() == FrameTag::Unmapped) {
                     return Err(self.wrong_frames("protect", FrameTag::Unmapped, run));

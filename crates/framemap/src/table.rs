@@ -91,10 +91,12 @@ impl FrameTable {
         if range.is_empty() {
             return;
         }
+        if self.set_within_one_run(range, frame) {
+            return;
+        }
         self.split_at(range.start);
         self.split_at(range.end);
-        let covered: Vec<u64> = self.runs.range(range.start..range.end).map(|(&s, _)| s).collect();
-        for start in covered {
+        while let Some(start) = self.runs.range(range.start..range.end).next().map(|(&s, _)| s) {
             self.runs.remove(&start);
         }
         self.runs.insert(range.start, Run { len: range.len(), frame });
@@ -104,6 +106,38 @@ impl FrameTable {
         if let Some(prev) = self.runs.range(..range.start).next_back().map(|(&s, _)| s) {
             self.merge_with_next(prev, range.start);
         }
+    }
+
+    /// [`FrameTable::set`] for the common case of a (non-empty, clipped)
+    /// range inside one run, in a few map operations instead of a general
+    /// split, clear and merge; false (nothing done) for any other range.
+    fn set_within_one_run(&mut self, range: PageRange, frame: Frame) -> bool {
+        let Some((run, old)) = self.run_containing(range.start) else { return false };
+        if range.end > run.end {
+            return false;
+        }
+        if old.advanced(range.start - run.start) == frame {
+            return true;
+        }
+        if range.start > run.start
+            && let Some(head) = self.runs.get_mut(&run.start)
+        {
+            head.len = range.start - run.start;
+        }
+        // Replaces the run at `range.start` (the old one, if it began there).
+        self.runs.insert(range.start, Run { len: range.len(), frame });
+        if range.end < run.end {
+            let tail = Run { len: run.end - range.end, frame: old.advanced(range.end - run.start) };
+            self.runs.insert(range.end, tail);
+        } else if let Some(next) = self.runs.range(range.end..).next().map(|(&s, _)| s) {
+            self.merge_with_next(range.start, next);
+        }
+        if range.start == run.start
+            && let Some(prev) = self.runs.range(..range.start).next_back().map(|(&s, _)| s)
+        {
+            self.merge_with_next(prev, range.start);
+        }
+        true
     }
 
     /// Makes `page` the first page of a run (no-op at a run boundary).
