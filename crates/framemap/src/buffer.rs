@@ -220,11 +220,11 @@ impl SharedBuffer {
         } else {
             sigbus::install().map_err(io("sigaction(SIGBUS)"))?;
             let mut ticket = sigbus::reserve(1).ok_or(Error::GuardFull { capacity: sigbus::CAPACITY })?;
-            // SAFETY: the file covers every page of `len` now (checked). It
-            // may shrink later: a page past its end then raises SIGBUS, which
-            // the guard absorbs for this range, registered below before any
-            // access can reach the view (this function is the only holder of
-            // the address until it returns).
+            // The file may shrink later: a page past its end then raises
+            // SIGBUS, which the guard absorbs for this range, registered below
+            // before any access can reach the view (this function is the only
+            // holder of the address until it returns).
+            // SAFETY: the file covers every page of `len` now (checked).
             let mapping = unsafe { Mapping::of_file(fd.as_fd(), len as usize, crate::Protection::ReadWrite) }
                 .map_err(io("mmap"))?;
             let start = mapping.ptr().as_ptr() as usize;
@@ -332,10 +332,10 @@ impl SharedBuffer {
         let view = view.as_ref().ok_or(Error::Revoked { id: self.id().0 })?;
         let start = self.check(offset, buf.len() as u64)?;
         self.check_view(view)?;
-        // SAFETY: `start..start + len` lies in the live view (checked, and the
-        // read lock keeps it mapped); `buf` is a distinct allocation. If the
-        // file is unsealed and shrank, the SIGBUS guard replaces the view
+        // If the file is unsealed and shrank, the SIGBUS guard replaces the view
         // with zero pages and the copy resumes on them.
+        // SAFETY: `start..start + len` lies in the live view (checked, and the
+        // read lock keeps it mapped); `buf` is a distinct allocation.
         unsafe { std::ptr::copy_nonoverlapping(view.mapping.ptr().as_ptr().add(start), buf.as_mut_ptr(), buf.len()) };
         self.check_view(view)
     }

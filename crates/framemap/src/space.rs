@@ -929,11 +929,11 @@ impl LinearSpace {
             }
             FrameKind::Shared { buffer, page } => {
                 let buffer = self.buffers.get(&buffer).ok_or(Error::UnknownBacking { id: buffer.0 })?;
-                // SAFETY: as above; the buffer's file covers the range
-                // (`map_buffer` checks it against the length) and is
-                // sealed against shrinking, or else the range is
-                // registered with the SIGBUS guard (invariant 6), which
-                // absorbs the faults of a truncation.
+                // The buffer's file covers the range (`map_buffer` checks
+                // it against the length) and is sealed against shrinking,
+                // or else the range is registered with the SIGBUS guard
+                // (invariant 6), which absorbs the faults of a truncation.
+                // SAFETY: as above, and the file covers the range.
                 unsafe { mman::replace_with_file(addr, len, frame.prot(), buffer.fd(), page * self.page, true) }
                     .map_err(|e| kernel("mmap", e))?;
             }

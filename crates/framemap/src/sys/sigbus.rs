@@ -571,10 +571,10 @@ fn demote(addr: usize, force: bool) -> Found {
 fn file_ends_before(fd: i32, offset: u64) -> bool {
     let page = PAGE.load(Ordering::Relaxed) as u64;
     let mut stat = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat is async-signal-safe and writes only `stat`; `fd` is the
-    // file of a registered range, open while it is registered (if the range
-    // was released meanwhile, the answer is discarded: the CAS on the slot's
-    // word then fails).
+    // `fd` is the file of a registered range, open while it is registered
+    // (if the range was released meanwhile, the answer is discarded: the
+    // CAS on the slot's word then fails).
+    // SAFETY: fstat is async-signal-safe and writes only `stat`.
     if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
         return false;
     }
@@ -590,12 +590,13 @@ fn replace_with_anonymous(start: usize, len: usize, guard: Guard) -> bool {
         Guard::HostView => libc::PROT_READ | libc::PROT_WRITE,
     };
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE;
-    // SAFETY: `[start, start + len)` is a registered range: a window inside a
+    // `[start, start + len)` is a registered range: a window inside a
     // reservation its space owns, or a buffer's host view. Its owner keeps
     // it registered only while that mapping exists, and releases it (taking
     // the slot LOCKED, which waits for this handler) before reusing or
-    // unmapping the range, so this replaces only the pages of that mapping,
-    // as a truncated file's pages: no Rust value lives there.
+    // unmapping the range.
+    // SAFETY: so this replaces only the pages of that mapping, as a
+    // truncated file's pages: no Rust value lives there.
     let ptr = unsafe { libc::mmap(start as *mut c_void, len, prot, flags, -1, 0) };
     ptr != libc::MAP_FAILED
 }
