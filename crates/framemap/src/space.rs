@@ -428,8 +428,9 @@ impl LinearSpace {
         // `last_dirty` (both buffers are reused: no allocation once warm).
         std::mem::swap(&mut self.last_dirty, &mut self.tracking.previous);
         self.last_dirty.clear();
-        let tracked = policy.scan_dirty && pagemap::scan_supported() && self.register_for_tracking();
-        if policy.scan_dirty && pagemap::scan_supported() {
+        let scan = policy.scan_dirty && pagemap::scan_supported();
+        let tracked = scan && self.register_for_tracking();
+        if scan {
             let (base, page) = (self.base().as_ptr() as usize, self.page);
             let dirty = &mut self.last_dirty;
             let scanned = pagemap::scan(start, end, pagemap::Query::Dirty, |s, e| {

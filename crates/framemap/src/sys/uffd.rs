@@ -150,10 +150,27 @@ struct Process {
 
 static PROCESS: Mutex<Option<Process>> = Mutex::new(None);
 
-/// Whether this kernel offers asynchronous write-protection (probed once).
+/// Runs `f` with this process's descriptor, made on first use (and again in
+/// a fork child); fails where the kernel offers no asynchronous
+/// write-protection (then remembered: no new handshake per call).
+fn with_descriptor<T>(f: impl FnOnce(&Descriptor) -> io::Result<T>) -> io::Result<T> {
+    static SENTINEL: OnceLock<ForkSentinel> = OnceLock::new();
+    let sentinel = SENTINEL.get_or_init(ForkSentinel::new);
+    let mut process = PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let current = process.as_ref().is_some_and(|p| sentinel.untouched() || p.pid == rustix::process::getpid());
+    if !current {
+        // A new process (or the first use): a descriptor of its own.
+        *process = Some(Process { pid: rustix::process::getpid(), descriptor: Descriptor::new().ok() });
+    }
+    sentinel.arm();
+    let descriptor = process.as_ref().and_then(|p| p.descriptor.as_ref());
+    f(descriptor
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "userfaultfd asynchronous write-protection"))?)
+}
+
+/// Whether this kernel offers asynchronous write-protection to this process.
 pub(crate) fn supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| Descriptor::new().is_ok())
+    with_descriptor(|_| Ok(())).is_ok()
 }
 
 /// Registers `[addr, addr + len)` for write tracking. Fails (and nothing is
@@ -166,26 +183,12 @@ pub(crate) fn supported() -> bool {
 /// The range must be page aligned and mapped by the caller, who owns it
 /// exclusively (as every range passed to `sys` functions is).
 pub(crate) unsafe fn register(addr: *mut u8, len: usize) -> io::Result<()> {
-    if !supported() {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "userfaultfd asynchronous write-protection"));
-    }
-    static SENTINEL: OnceLock<ForkSentinel> = OnceLock::new();
-    let sentinel = SENTINEL.get_or_init(ForkSentinel::new);
-    let mut process = PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let current = process.as_ref().is_some_and(|p| sentinel.untouched() || p.pid == rustix::process::getpid());
-    if !current {
-        // A new process (or the first use): a descriptor of its own.
-        *process = Some(Process { pid: rustix::process::getpid(), descriptor: Descriptor::new().ok() });
-    }
-    sentinel.arm();
-    let descriptor = process
-        .as_ref()
-        .and_then(|p| p.descriptor.as_ref())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no userfaultfd descriptor"))?;
     let range = UffdioRegister { start: addr as u64, len: len as u64, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
-    // SAFETY: see the `Ioctl` impl of `Register`; the range is the caller's.
-    unsafe { rustix::ioctl::ioctl(&descriptor.0, Register(range)) }?;
-    Ok(())
+    with_descriptor(|descriptor| {
+        // SAFETY: see the `Ioctl` impl of `Register`; the range is the caller's.
+        unsafe { rustix::ioctl::ioctl(&descriptor.0, Register(range)) }?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
