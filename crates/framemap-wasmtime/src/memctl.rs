@@ -416,9 +416,9 @@ impl Target {
     /// The frame table's runs in `start..end`, as clipped byte ranges.
     fn runs(&self, start: u64, end: u64) -> Result<Vec<(u64, u64, framemap::Frame)>> {
         let page = framemap::host_page_size() as u64;
-        let report = self.handle.report()?;
-        Ok(report
-            .runs
+        Ok(self
+            .handle
+            .runs_in(start, end - start)?
             .into_iter()
             .map(|(run, frame)| ((run.start * page).max(start), (run.end * page).min(end), frame))
             .filter(|(s, e, _)| s < e)

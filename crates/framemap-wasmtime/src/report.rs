@@ -45,6 +45,22 @@ impl MemoryHandle {
         Ok(FrameReport { summary, runs: space.table().runs().collect() })
     }
 
+    /// The frame table's runs over the pages holding bytes `offset..offset +
+    /// len` (clipped to them, frames advanced to the clipped start), with
+    /// the SIGBUS guard's demotions folded in first: what [`report`] lists
+    /// for that range, without measuring residency (no system call).
+    ///
+    /// [`report`]: MemoryHandle::report
+    pub fn runs_in(&self, offset: u64, len: u64) -> Result<Vec<(PageRange, Frame)>> {
+        let page = framemap::host_page_size() as u64;
+        let end = offset.saturating_add(len).div_ceil(page);
+        let range = PageRange::new(offset / page, end);
+        self.with_space(|space| {
+            space.reconcile()?;
+            Ok(space.table().runs_in(range).collect())
+        })
+    }
+
     /// Maps `len` bytes of `buffer` from `buffer_offset` at guest offset
     /// `offset`, shared (see [`framemap::LinearSpace::map_buffer`]); the
     /// memory is registered with the buffer, so revoking it unmaps the
