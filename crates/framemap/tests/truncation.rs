@@ -3,18 +3,16 @@
 //! windows; the process survives, the host sees errors, and the frame table
 //! follows the kernel. Foreign SIGBUSes still reach the previous handler.
 
-use framemap::{Error, FrameKind, FrameTag, LinearSpace, Protection, SharedBuffer, SpaceConfig, WindowHost};
+mod common;
+
+use common::{host, page, shared_space};
+use framemap::{Error, FrameKind, FrameTag, Protection, SharedBuffer};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 
 const CHILD: &str = "FRAMEMAP_TRUNCATION_CHILD";
-
-fn page() -> u64 {
-    framemap::host_page_size() as u64
-}
 
 /// An unlinked file in the temporary directory holding `pages` pages, page
 /// `i` filled with byte `i + 1`.
@@ -28,18 +26,6 @@ fn temp_file(pages: u64) -> File {
         file.write_all(&vec![i as u8 + 1; page() as usize]).unwrap();
     }
     file
-}
-
-fn shared_space(pages: u64) -> Arc<Mutex<LinearSpace>> {
-    let p = page();
-    Arc::new(Mutex::new(
-        LinearSpace::new(SpaceConfig { capacity: pages * p, guard: 4 * p, initial_len: pages * p }).unwrap(),
-    ))
-}
-
-fn host(space: &Arc<Mutex<LinearSpace>>) -> Weak<dyn WindowHost> {
-    let weak: Weak<Mutex<LinearSpace>> = Arc::downgrade(space);
-    weak
 }
 
 #[test]

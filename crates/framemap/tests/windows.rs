@@ -2,27 +2,12 @@
 //! page offsets of one memory, unmapped and revoked, with the frame table
 //! equal to the kernel after every operation.
 
+mod common;
+
+use common::{host, page, shared_space};
 use framemap::{
     Error, Frame, FrameKind, FrameTag, LinearSpace, PageRange, Protection, ResetPolicy, SharedBuffer, SpaceConfig,
-    WindowHost,
 };
-use std::sync::{Arc, Mutex, Weak};
-
-fn page() -> u64 {
-    framemap::host_page_size() as u64
-}
-
-fn shared_space(pages: u64) -> Arc<Mutex<LinearSpace>> {
-    let p = page();
-    Arc::new(Mutex::new(
-        LinearSpace::new(SpaceConfig { capacity: pages * p, guard: 4 * p, initial_len: pages * p }).unwrap(),
-    ))
-}
-
-fn host(space: &Arc<Mutex<LinearSpace>>) -> Weak<dyn WindowHost> {
-    let weak: Weak<Mutex<LinearSpace>> = Arc::downgrade(space);
-    weak
-}
 
 fn read(s: &LinearSpace, offset: u64, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];
