@@ -455,44 +455,36 @@ impl LinearSpace {
         let mut restore = |run: PageRange, frame: Frame| -> Result<()> {
             match frame.kind() {
                 FrameKind::Unmapped | FrameKind::Shared { .. } => return Ok(()),
-                FrameKind::Zero if frame.prot().writable() && budget > 0 => {
+                kind @ (FrameKind::Zero | FrameKind::Image { .. }) if frame.prot().writable() && budget > 0 => {
                     let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
-                    budget -= in_place.len();
-                    // SAFETY: `in_place` is a read-write Zero run of this
-                    // reservation (table == kernel by invariant 1), and
-                    // `&mut self` excludes concurrent host access.
-                    unsafe {
-                        std::ptr::write_bytes(self.addr_of(in_place.start), 0, (in_place.len() * self.page) as usize)
-                    };
-                    report.zeroed_in_place += in_place.len() * self.page;
-                    kept = hull(kept, in_place);
-                    push_coalesced(&mut to_drop, PageRange::new(in_place.end, run.end));
-                }
-                FrameKind::Image { image: id, page } if frame.prot().writable() && budget > 0 => {
-                    let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
-                    let image = match cached_image {
-                        Some((cached, image)) if cached == id => image,
-                        _ => {
-                            let found = self.images.get(&id).ok_or(Error::UnknownBacking { id: id.0 })?;
-                            cached_image = Some((id, found));
-                            found
-                        }
-                    };
-                    // SAFETY: `in_place` is a read-write Image run here (table ==
-                    // kernel, invariant 1): mapped and writable; `&mut self`
-                    // excludes any other host reference to it.
+                    // SAFETY: `in_place` is a read-write Zero or Image run of
+                    // this reservation (table == kernel, invariant 1): mapped
+                    // and writable; `&mut self` excludes any other host
+                    // reference to it.
                     let target = unsafe {
                         std::slice::from_raw_parts_mut(
                             self.addr_of(in_place.start),
                             (in_place.len() * self.page) as usize,
                         )
                     };
-                    image.copy_to(page * self.page, target).map_err(|source| Error::Kernel {
-                        syscall: "copy from image",
-                        start: in_place.start * self.page,
-                        end: in_place.end * self.page,
-                        source,
-                    })?;
+                    if let FrameKind::Image { image: id, page } = kind {
+                        let image = match cached_image {
+                            Some((cached, image)) if cached == id => image,
+                            _ => {
+                                let found = self.images.get(&id).ok_or(Error::UnknownBacking { id: id.0 })?;
+                                cached_image = Some((id, found));
+                                found
+                            }
+                        };
+                        image.copy_to(page * self.page, target).map_err(|source| Error::Kernel {
+                            syscall: "copy from image",
+                            start: in_place.start * self.page,
+                            end: in_place.end * self.page,
+                            source,
+                        })?;
+                    } else {
+                        target.fill(0);
+                    }
                     budget -= in_place.len();
                     report.zeroed_in_place += in_place.len() * self.page;
                     kept = hull(kept, in_place);
