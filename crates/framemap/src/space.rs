@@ -86,6 +86,10 @@ pub struct ResetReport {
     /// mapped range is dropped (the kernel's cost is then proportional to the
     /// page tables that exist).
     pub scanned: bool,
+    /// Whether the pages restored in place were write-protected again for
+    /// write tracking (see [`LinearSpace::zero_dirty`]): their next writes
+    /// each take one minor fault.
+    pub protected: bool,
 }
 
 /// The change [`LinearSpace::commit`] makes to a range.
@@ -419,7 +423,10 @@ impl LinearSpace {
     /// after one user dirtied 256 pages and the next none, the next reset
     /// copies nothing. A set of pages dirty at two resets in a row is left
     /// unprotected (it is copied each time, with no fault), and is protected
-    /// again every 64 resets. See [`crate::sys`]'s `uffd` module.
+    /// again periodically so pages that went cold stop being copied: every 64
+    /// resets after a change of the dirty set, the period doubling up to 512
+    /// while the same set keeps being written ([`ResetReport::protected`]
+    /// says when a reset protected). See [`crate::sys`]'s `uffd` module.
     pub fn zero_dirty(&mut self, policy: ResetPolicy) -> Result<ResetReport> {
         let accessible = self.accessible_pages();
         let mut report = ResetReport::default();
@@ -524,18 +531,31 @@ impl LinearSpace {
         // price of one minor fault on the next write of each. So they are
         // protected when the dirty set changed (a burst of writes, or new
         // pages); a set found twice in a row is hot and left unprotected (it
-        // is copied at each reset, with no fault), and every
-        // `REPROTECT_PERIOD` resets everything is protected again so pages
-        // that went cold stop being copied.
+        // is copied at each reset, with no fault), and every `period` resets
+        // everything is protected again so pages that went cold stop being
+        // copied. The period adapts: a periodic protection after which the
+        // very same set is written again only cost faults, so the period
+        // doubles (up to `REPROTECT_PERIOD_MAX`); any change of the dirty
+        // set brings it back to `REPROTECT_PERIOD_MIN`.
         if tracked && !kept.is_empty() {
-            self.tracking.resets_since_protection += 1;
-            let changed = self.last_dirty != self.tracking.previous;
-            if changed || self.tracking.resets_since_protection >= REPROTECT_PERIOD {
+            let tracking = &mut self.tracking;
+            tracking.resets_since_protection += 1;
+            let changed = self.last_dirty != tracking.previous;
+            if changed {
+                tracking.period = REPROTECT_PERIOD_MIN;
+            } else if tracking.probing {
+                tracking.period = (tracking.period.max(REPROTECT_PERIOD_MIN) * 2).min(REPROTECT_PERIOD_MAX);
+            }
+            tracking.probing = false;
+            if changed || tracking.resets_since_protection >= tracking.period.max(REPROTECT_PERIOD_MIN) {
                 let (first, last) = (self.addr_of(kept.start) as usize, self.addr_of(kept.end) as usize);
                 // A failure leaves pages unprotected, which only means they
                 // are copied again next time.
                 if pagemap::protect_dirty(first, last).is_ok() {
-                    self.tracking.resets_since_protection = 0;
+                    let tracking = &mut self.tracking;
+                    tracking.resets_since_protection = 0;
+                    tracking.probing = !changed;
+                    report.protected = true;
                 }
             }
         }
@@ -1119,10 +1139,16 @@ fn hull(a: PageRange, b: PageRange) -> PageRange {
     if a.is_empty() { b } else { PageRange::new(a.start.min(b.start), a.end.max(b.end)) }
 }
 
-/// Resets between two in which write tracking protects every page it
+/// Fewest resets between two in which write tracking protects every page it
 /// restored, whether or not the dirty set changed (see
-/// [`LinearSpace::zero_dirty`]).
-const REPROTECT_PERIOD: u32 = 64;
+/// [`LinearSpace::zero_dirty`]): the period after any change of the dirty
+/// set.
+const REPROTECT_PERIOD_MIN: u32 = 64;
+
+/// Most resets between two such protections: the period reached by a dirty
+/// set that stays the same. A hot set of n pages then takes n faults per
+/// 512 resets; a set that goes cold is copied for at most 512 more resets.
+const REPROTECT_PERIOD_MAX: u32 = 512;
 
 /// Write tracking state of a space (see [`LinearSpace::zero_dirty`]).
 #[derive(Debug, Default)]
@@ -1134,6 +1160,12 @@ struct Tracking {
     previous: Vec<PageRange>,
     /// Resets since the last one that protected the pages it restored.
     resets_since_protection: u32,
+    /// Resets between periodic protections now (0 until first set: read as
+    /// `REPROTECT_PERIOD_MIN`).
+    period: u32,
+    /// Whether the last protection was a periodic one of an unchanged set,
+    /// whose outcome the next reset judges.
+    probing: bool,
 }
 
 fn push_coalesced(ranges: &mut Vec<PageRange>, range: PageRange) {

@@ -242,3 +242,44 @@ fn hot_pages_are_copied_every_time_and_released_when_they_go_cold() {
     assert_eq!(contents(&space, 64 * p), bytes);
     space.validate().unwrap();
 }
+
+#[test]
+fn a_set_that_stays_hot_is_protected_ever_more_rarely_and_released_when_cold() {
+    let p = framemap::host_page_size() as u64;
+    let (mut space, image, bytes) = imaged_space();
+    let policy = ResetPolicy::default();
+    let mut protected_at = Vec::new();
+    for reset in 1..=600 {
+        for page in [4, 20, 33] {
+            space.write(page * p + 1, &[0]).unwrap();
+        }
+        let report = space.reset(64 * p, Some(&image), policy).unwrap();
+        assert_eq!(report.dirty, 3 * p, "reset {reset}");
+        if report.protected {
+            protected_at.push(reset);
+        }
+    }
+    assert_eq!(contents(&space, 64 * p), bytes);
+    if !framemap::write_tracking_supported() {
+        assert!(protected_at.is_empty());
+        return;
+    }
+    // The first reset protects the new set; each periodic protection after
+    // which the same set is written again doubles the period: 64, 128, 256.
+    assert_eq!(protected_at, [1, 65, 193, 449]);
+    // Cold now: released at the next periodic protection (period 512 by
+    // now), and from then on not copied.
+    let idle = (0..600).position(|_| space.reset(64 * p, Some(&image), policy).unwrap().dirty == 0);
+    assert!(idle.is_some_and(|resets| resets <= 513), "cold pages still copied after {idle:?} resets");
+    // A new hot set starts again from the shortest period.
+    let mut protected_at = Vec::new();
+    for reset in 1..=70 {
+        space.write(7 * p, &[0]).unwrap();
+        if space.reset(64 * p, Some(&image), policy).unwrap().protected {
+            protected_at.push(reset);
+        }
+    }
+    assert_eq!(protected_at, [1, 65]);
+    assert_eq!(contents(&space, 64 * p), bytes);
+    space.validate().unwrap();
+}
