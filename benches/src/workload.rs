@@ -327,25 +327,43 @@ pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Runs `warmup` unrecorded then `samples` recorded rounds; each round calls
-/// `sample(i)` once for every `i < count`, starting one further along each
-/// round (round-robin), so slow drifts and noise hit every `i` alike.
-/// Returns the recorded durations, in nanoseconds, per `i`.
+/// Samples every `i < count` in rotating blocks: each round runs, for every
+/// `i` in turn (starting one further along each round, so slow drifts and
+/// noise hit every `i` alike), `block` consecutive calls of `sample(i)`.
+/// The first `warmup` calls of each `i` are not recorded, the next `samples`
+/// are. Returns the recorded durations, in nanoseconds, per `i`.
+///
+/// `block` = 1 alternates the `i` call by call. Larger blocks measure each
+/// `i` in its steady state: a call then follows calls of the same `i`, not
+/// of another whose work (an 8 MiB copy, say) evicted its caches and TLB
+/// entries, which would otherwise be charged to the next `i` in the
+/// rotation.
 pub fn interleaved(
     count: usize,
     warmup: usize,
     samples: usize,
+    block: usize,
     mut sample: impl FnMut(usize) -> Result<Duration>,
 ) -> Result<Vec<Vec<u64>>> {
+    let block = block.max(1);
+    let total = warmup + samples;
     let mut recorded = vec![Vec::with_capacity(samples); count];
-    for round in 0..warmup + samples {
+    let mut done = 0;
+    for round in 0.. {
+        if done >= total {
+            break;
+        }
+        let calls = block.min(total - done);
         for j in 0..count {
             let i = (round + j) % count;
-            let took = sample(i)?;
-            if round >= warmup {
-                recorded[i].push(nanos(took));
+            for call in done..done + calls {
+                let took = sample(i)?;
+                if call >= warmup {
+                    recorded[i].push(nanos(took));
+                }
             }
         }
+        done += calls;
     }
     Ok(recorded)
 }
@@ -358,13 +376,29 @@ mod tests {
     #[test]
     fn interleaved_rotates_and_skips_warmup() {
         let mut order = Vec::new();
-        let got = interleaved(3, 1, 2, |i| {
+        let got = interleaved(3, 1, 2, 1, |i| {
             order.push(i);
             Ok(Duration::from_nanos(i as u64 + 1))
         })
         .unwrap();
         assert_eq!(order, [0, 1, 2, 1, 2, 0, 2, 0, 1]);
         assert_eq!(got, vec![vec![1, 1], vec![2, 2], vec![3, 3]]);
+    }
+
+    #[test]
+    fn interleaved_runs_blocks_and_a_short_last_one() {
+        let mut order = Vec::new();
+        let mut call = 0u64;
+        let got = interleaved(2, 1, 4, 2, |i| {
+            order.push(i);
+            call += 1;
+            Ok(Duration::from_nanos(call))
+        })
+        .unwrap();
+        // Rounds of 2, 2 and 1 calls per i (5 in all), rotating the start.
+        assert_eq!(order, [0, 0, 1, 1, 1, 1, 0, 0, 0, 1]);
+        // The first call of each i is the warm-up; then 4 recorded each.
+        assert_eq!(got, vec![vec![2, 7, 8, 9], vec![4, 5, 6, 10]]);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! The built-in workload ([`framemap_benches::builtin`]: a 16 MiB memory
 //! whose first 8 MiB are a dense data image) runs on five allocators
-//! ([`Allocator::ALL`]); every sample of a (workload, k) group is taken
-//! round-robin across them so noise hits all alike, and every group runs on
+//! ([`Allocator::ALL`]); the samples of a (workload, k) group are taken in
+//! blocks of [`INSTANTIATE_BLOCK`] consecutive samples per allocator, the
+//! blocks rotating across allocators round by round so noise and drift hit
+//! all alike (see [`interleaved`]), and every group runs on
 //! freshly built engines (a pool keeps state from what it served, which
 //! would otherwise carry over from one k to the next). The workloads:
 //!
@@ -75,6 +77,14 @@ pub struct BenchArgs {
     #[arg(long, requires = "export")]
     pub arg_free: bool,
 
+    /// Consecutive instantiate samples per allocator before the next
+    /// allocator's turn (default 50). 1 alternates allocators sample by
+    /// sample, which charges each sample with the cache and TLB misses left
+    /// by the previous allocator's work (wasmtime-ondemand-copy copies 8 MiB
+    /// per sample); larger blocks measure each allocator's steady state.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub block: Option<u32>,
+
     /// Measure only these allocators (comma-separated names, e.g.
     /// `framemap,wasmtime-pooling-best`); targets that need a missing one
     /// show n/a. For diagnosis: the full comparison needs all of them.
@@ -95,10 +105,12 @@ fn parse_allocator(name: &str) -> Result<Allocator, String> {
 struct Plan {
     /// The allocators measured, in [`Allocator::ALL`] order.
     allocators: Vec<Allocator>,
-    /// Unrecorded rounds before the instantiate samples.
+    /// Unrecorded instantiate samples per allocator before the recorded ones.
     warmup: usize,
     /// Recorded samples per (instantiate workload, allocator, k).
     samples: usize,
+    /// Consecutive instantiate samples per allocator and turn.
+    block: usize,
     /// Unrecorded compute calls per allocator.
     compute_warmup: usize,
     /// Recorded compute calls per allocator.
@@ -115,6 +127,7 @@ impl Plan {
                 allocators: vec![],
                 warmup: 1,
                 samples: 3,
+                block: INSTANTIATE_BLOCK,
                 compute_warmup: 1,
                 compute_samples: 3,
                 footprint_rounds: 1,
@@ -124,11 +137,15 @@ impl Plan {
                 allocators: vec![],
                 warmup: 100,
                 samples: 2500,
+                block: INSTANTIATE_BLOCK,
                 compute_warmup: 10,
                 compute_samples: 300,
                 footprint_rounds: 5,
             }
         };
+        if let Some(block) = args.block {
+            plan.block = block as usize;
+        }
         plan.allocators =
             Allocator::ALL.into_iter().filter(|a| args.allocators.is_empty() || args.allocators.contains(a)).collect();
         if let Some(n) = args.samples {
@@ -140,6 +157,12 @@ impl Plan {
         plan
     }
 }
+
+/// Consecutive instantiate samples an allocator takes per turn (see
+/// [`interleaved`]): long enough that a block measures the allocator's
+/// steady state, short enough (about a millisecond at k = 0) that 50 turns
+/// per row spread drift over every allocator.
+const INSTANTIATE_BLOCK: usize = 50;
 
 /// All measured rows of a run, by (workload, allocator, k).
 #[derive(Default)]
@@ -245,7 +268,7 @@ fn measure_instantiate(
     plan: &Plan,
 ) -> Result<()> {
     for &k in ks {
-        let times = interleaved(targets.len(), plan.warmup, plan.samples, |i| targets[i].sample(k))
+        let times = interleaved(targets.len(), plan.warmup, plan.samples, plan.block, |i| targets[i].sample(k))
             .with_context(|| format!("{} k={k} failed", workload.name()))?;
         for (target, nanos) in targets.iter().zip(times) {
             let summary = Summary::of_nanos(&nanos).context("no samples")?;
@@ -268,7 +291,9 @@ fn measure_compute(results: &mut Results, targets: &[&Target], plan: &Plan, expe
         }
         runners.push(runner);
     }
-    let times = interleaved(runners.len(), plan.compute_warmup, plan.compute_samples, |i| runners[i].sample())
+    // One ~5 ms call per turn: each call dwarfs any state the previous one
+    // left in the caches.
+    let times = interleaved(runners.len(), plan.compute_warmup, plan.compute_samples, 1, |i| runners[i].sample())
         .context("compute failed")?;
     for (target, nanos) in targets.iter().zip(times) {
         let summary = Summary::of_nanos(&nanos).context("no samples")?;
@@ -561,8 +586,8 @@ fn render_tables(results: &Results, context: &RunContext, plan: &Plan) -> String
     let _ = writeln!(out, "framemap bench: {}", context.title);
     let _ = write!(
         out,
-        "samples per row: {} (after {} warm-up rounds, allocators interleaved); compute: {}",
-        plan.samples, plan.warmup, plan.compute_samples
+        "samples per row: {} (after {} warm-up samples; allocators take turns in blocks of {}); compute: {}",
+        plan.samples, plan.warmup, plan.block, plan.compute_samples
     );
     if context.builtin {
         let _ = write!(
