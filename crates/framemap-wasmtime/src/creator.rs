@@ -13,7 +13,7 @@ use crate::pending;
 use crate::pool::{SlotKey, SlotPool};
 use crate::report::MemoryHandle;
 use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use wasmtime::{AsContext, LinearMemory, Memory, MemoryType, SharedMemory};

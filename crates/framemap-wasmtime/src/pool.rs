@@ -8,7 +8,7 @@
 //! reservation wasmtime asked for.
 
 use framemap::{BackingId, LinearSpace};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// The geometry that decides whether a slot can serve a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

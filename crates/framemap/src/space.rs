@@ -37,7 +37,7 @@ use crate::reservation::Reservation;
 use crate::summary::SpaceSummary;
 use crate::sys::{maps, mman, pagemap, sigbus, uffd};
 use crate::table::FrameTable;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::ptr::NonNull;
 
 /// The geometry of a new [`LinearSpace`], in bytes.
@@ -156,9 +156,9 @@ impl LinearSpace {
             guard: config.guard,
             len: 0,
             page,
-            images: HashMap::new(),
-            buffers: HashMap::new(),
-            backing_pages: HashMap::new(),
+            images: HashMap::default(),
+            buffers: HashMap::default(),
+            backing_pages: HashMap::default(),
             last_dirty: Vec::new(),
             tracking: Tracking::default(),
         };
@@ -687,7 +687,7 @@ impl LinearSpace {
     /// hole. Used by tests and fuzzing.
     pub fn validate(&self) -> Result<()> {
         self.table.check().map_err(|detail| Error::Diverged { start: 0, end: self.total(), detail })?;
-        let mut counted: HashMap<BackingId, u64> = HashMap::new();
+        let mut counted: HashMap<BackingId, u64> = HashMap::default();
         for (run, frame) in self.table.runs() {
             let held = match frame.kind() {
                 FrameKind::Image { image: id, .. } => Some((id, self.images.contains_key(&id))),
