@@ -544,10 +544,10 @@ impl LinearSpace {
             if changed {
                 tracking.period = REPROTECT_PERIOD_MIN;
             } else if tracking.probing {
-                tracking.period = (tracking.period.max(REPROTECT_PERIOD_MIN) * 2).min(REPROTECT_PERIOD_MAX);
+                tracking.period = (tracking.period * 2).min(REPROTECT_PERIOD_MAX);
             }
             tracking.probing = false;
-            if changed || tracking.resets_since_protection >= tracking.period.max(REPROTECT_PERIOD_MIN) {
+            if changed || tracking.resets_since_protection >= tracking.period {
                 let (first, last) = (self.addr_of(kept.start) as usize, self.addr_of(kept.end) as usize);
                 // A failure leaves pages unprotected, which only means they
                 // are copied again next time.
@@ -1151,7 +1151,7 @@ const REPROTECT_PERIOD_MIN: u32 = 64;
 const REPROTECT_PERIOD_MAX: u32 = 512;
 
 /// Write tracking state of a space (see [`LinearSpace::zero_dirty`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracking {
     /// Whether the accessible Zero and Image runs are registered for write
     /// tracking as laid out now (`None`: the layout changed since).
@@ -1160,12 +1160,24 @@ struct Tracking {
     previous: Vec<PageRange>,
     /// Resets since the last one that protected the pages it restored.
     resets_since_protection: u32,
-    /// Resets between periodic protections now (0 until first set: read as
-    /// `REPROTECT_PERIOD_MIN`).
+    /// Resets between periodic protections now, from `REPROTECT_PERIOD_MIN`
+    /// to `REPROTECT_PERIOD_MAX`.
     period: u32,
     /// Whether the last protection was a periodic one of an unchanged set,
     /// whose outcome the next reset judges.
     probing: bool,
+}
+
+impl Default for Tracking {
+    fn default() -> Self {
+        Tracking {
+            registered: None,
+            previous: Vec::new(),
+            resets_since_protection: 0,
+            period: REPROTECT_PERIOD_MIN,
+            probing: false,
+        }
+    }
 }
 
 fn push_coalesced(ranges: &mut Vec<PageRange>, range: PageRange) {
