@@ -464,10 +464,9 @@ impl LinearSpace {
                 FrameKind::Unmapped | FrameKind::Shared { .. } => return Ok(()),
                 kind @ (FrameKind::Zero | FrameKind::Image { .. }) if frame.prot().writable() && budget > 0 => {
                     let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
-                    // SAFETY: `in_place` is a read-write Zero or Image run of
-                    // this reservation (table == kernel, invariant 1): mapped
-                    // and writable; `&mut self` excludes any other host
-                    // reference to it.
+                    // `in_place` is a read-write Zero or Image run of this
+                    // reservation, and table == kernel (invariant 1).
+                    // SAFETY: it is mapped and writable; `&mut self` excludes other host references.
                     let target = unsafe {
                         std::slice::from_raw_parts_mut(
                             self.addr_of(in_place.start),
