@@ -348,22 +348,17 @@ pub fn interleaved(
     let block = block.max(1);
     let total = warmup + samples;
     let mut recorded = vec![Vec::with_capacity(samples); count];
-    let mut done = 0;
-    for round in 0.. {
-        if done >= total {
-            break;
-        }
-        let calls = block.min(total - done);
+    for (round, first) in (0..total).step_by(block).enumerate() {
+        let calls = first..total.min(first + block);
         for j in 0..count {
             let i = (round + j) % count;
-            for call in done..done + calls {
+            for call in calls.clone() {
                 let took = sample(i)?;
                 if call >= warmup {
                     recorded[i].push(nanos(took));
                 }
             }
         }
-        done += calls;
     }
     Ok(recorded)
 }
