@@ -18,7 +18,8 @@
 //!   that each dirtied 16 pages (each round on freshly built engines, so no
 //!   pool left over from earlier work hides or adds resident memory);
 //! - `compute`: one call of the guest's summing loop (12 passes over the
-//!   image, about 5 ms).
+//!   image, about 5 ms), in rounds on freshly built engines (see
+//!   `measure_compute`).
 //!
 //! Results go to stdout as tables and a "targets" section (the ratios the
 //! project tracks, computed from the measured medians), or as JSON lines
@@ -113,8 +114,11 @@ struct Plan {
     block: usize,
     /// Unrecorded compute calls per allocator.
     compute_warmup: usize,
-    /// Recorded compute calls per allocator.
+    /// Recorded compute calls per allocator, over all rounds.
     compute_samples: usize,
+    /// Compute rounds on the built-in workload, each on freshly built
+    /// engines (see [`measure_compute`]).
+    compute_rounds: usize,
     /// Footprint rounds (each measures [`FOOTPRINT_INSTANCES`] instances
     /// per allocator).
     footprint_rounds: usize,
@@ -130,6 +134,7 @@ impl Plan {
                 block: INSTANTIATE_BLOCK,
                 compute_warmup: 1,
                 compute_samples: 3,
+                compute_rounds: 1,
                 footprint_rounds: 1,
             }
         } else {
@@ -140,6 +145,7 @@ impl Plan {
                 block: INSTANTIATE_BLOCK,
                 compute_warmup: 10,
                 compute_samples: 300,
+                compute_rounds: COMPUTE_ROUNDS,
                 footprint_rounds: 5,
             }
         };
@@ -163,6 +169,10 @@ impl Plan {
 /// steady state, short enough (about a millisecond at k = 0) that 50 turns
 /// per row spread drift over every allocator.
 const INSTANTIATE_BLOCK: usize = 50;
+
+/// Compute rounds of a full run on the built-in workload, each on freshly
+/// built engines (see [`measure_compute`]).
+const COMPUTE_ROUNDS: usize = 5;
 
 /// All measured rows of a run, by (workload, allocator, k).
 #[derive(Default)]
@@ -279,28 +289,69 @@ fn measure_instantiate(
     Ok(())
 }
 
-/// Measures the compute workload: `expected` (if given) is what each call
-/// must return.
-fn measure_compute(results: &mut Results, targets: &[&Target], plan: &Plan, expected: Option<i64>) -> Result<()> {
-    let mut runners = Vec::new();
-    for target in targets {
-        let mut runner = target.runner()?.context("the module has no compute export")?;
-        let got = runner.run().with_context(|| format!("compute on {} failed", target.allocator()))?;
-        if let Some(want) = expected {
-            ensure!(got == Some(want), "compute on {} returned {got:?}, expected {want}", target.allocator());
+/// Measures the compute workload over `rounds` rounds, each on the targets
+/// `round_targets(round)` builds (the built-in workload builds fresh engines
+/// per round); `expected` (if given) is what each call must return. The
+/// rows hold every round's samples.
+///
+/// Why rounds: a guest's loads run from the physical pages that back its
+/// image, and which pages an engine gets (and how the host backs them)
+/// changes its compute time by a few percent for the whole life of the
+/// engine: in one run two wasmtime pooling engines with the same memory
+/// code measured 4.97 and 5.28 ms. Fresh engines per round spread that luck
+/// over every allocator instead of fixing it once per run.
+fn measure_compute<T: std::borrow::Borrow<Target>>(
+    results: &mut Results,
+    plan: &Plan,
+    rounds: usize,
+    expected: Option<i64>,
+    mut round_targets: impl FnMut(usize) -> Result<Vec<T>>,
+) -> Result<()> {
+    // Every round takes at least one sample.
+    let rounds = rounds.clamp(1, plan.compute_samples.max(1));
+    let mut recorded: Vec<(Allocator, Vec<u64>)> = Vec::new();
+    for round in 0..rounds {
+        let targets = round_targets(round)?;
+        let mut runners = Vec::new();
+        for target in &targets {
+            let target = target.borrow();
+            let mut runner = target.runner()?.context("the module has no compute export")?;
+            let got = runner.run().with_context(|| format!("compute on {} failed", target.allocator()))?;
+            if let Some(want) = expected {
+                ensure!(got == Some(want), "compute on {} returned {got:?}, expected {want}", target.allocator());
+            }
+            runners.push(runner);
         }
-        runners.push(runner);
+        let samples = round_share(plan.compute_samples, rounds, round);
+        // One ~5 ms call per turn: each call dwarfs any state the previous
+        // one left in the caches.
+        let times = interleaved(runners.len(), plan.compute_warmup, samples, 1, |i| runners[i].sample())
+            .context("compute failed")?;
+        for (target, nanos) in targets.iter().zip(times) {
+            let allocator = target.borrow().allocator();
+            match recorded.iter_mut().find(|(a, _)| *a == allocator) {
+                Some((_, all)) => all.extend(nanos),
+                None => recorded.push((allocator, nanos)),
+            }
+        }
     }
-    // One ~5 ms call per turn: each call dwarfs any state the previous one
-    // left in the caches.
-    let times = interleaved(runners.len(), plan.compute_warmup, plan.compute_samples, 1, |i| runners[i].sample())
-        .context("compute failed")?;
-    for (target, nanos) in targets.iter().zip(times) {
+    for (allocator, nanos) in recorded {
         let summary = Summary::of_nanos(&nanos).context("no samples")?;
-        let allocator = target.allocator().name();
-        results.push(Row { workload: Workload::Compute, allocator, dirty_pages: 0, summary, rss_kib: None });
+        results.push(Row {
+            workload: Workload::Compute,
+            allocator: allocator.name(),
+            dirty_pages: 0,
+            summary,
+            rss_kib: None,
+        });
     }
     Ok(())
+}
+
+/// Round `round`'s share of `total` samples split over `rounds` rounds: the
+/// shares differ by at most one and add up to `total`.
+fn round_share(total: usize, rounds: usize, round: usize) -> usize {
+    total * (round + 1) / rounds - total * round / rounds
 }
 
 /// framemap creator counters summed over the targets of a workload.
@@ -411,8 +462,9 @@ fn bench_builtin(plan: &Plan) -> Result<(Results, RunContext)> {
     context.creator_stats.extend(tally.line("recycling off").map(|l| (Workload::InstantiateFresh, l)));
 
     measure_footprint(&mut results, &wasm, plan)?;
-    let targets = builtin_targets(&plan.allocators, &recycled, &wasm)?;
-    measure_compute(&mut results, &targets.iter().collect::<Vec<_>>(), plan, Some(expected))?;
+    measure_compute(&mut results, plan, plan.compute_rounds, Some(expected), |_| {
+        builtin_targets(&plan.allocators, &recycled, &wasm)
+    })?;
     Ok((results, context))
 }
 
@@ -523,7 +575,8 @@ fn bench_module(path: &Path, export: Option<&str>, plan: &Plan) -> Result<(Resul
         Err(err) => context.notes.push(format!("framemap (recycling off): skipped: {err:#}")),
     }
     if export.is_some() {
-        measure_compute(&mut results, &all, plan, None)?;
+        // The user's targets are built once (their setup may be costly).
+        measure_compute(&mut results, plan, 1, None, |_| Ok(all.clone()))?;
     }
     Ok((results, context))
 }
@@ -589,6 +642,9 @@ fn render_tables(results: &Results, context: &RunContext, plan: &Plan) -> String
         "samples per row: {} (after {} warm-up samples; allocators take turns in blocks of {}); compute: {}",
         plan.samples, plan.warmup, plan.block, plan.compute_samples
     );
+    if context.builtin && plan.compute_rounds > 1 {
+        let _ = write!(out, " in {} rounds on freshly built engines", plan.compute_rounds);
+    }
     if context.builtin {
         let _ = write!(
             out,
@@ -920,6 +976,17 @@ fn svg_chart(results: &Results, context: &RunContext) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compute_rounds_share_out_every_sample() {
+        for (total, rounds) in [(300, 5), (3, 1), (7, 5), (5, 5), (1, 1), (301, 5)] {
+            let shares: Vec<usize> = (0..rounds).map(|r| round_share(total, rounds, r)).collect();
+            assert_eq!(shares.iter().sum::<usize>(), total, "{total} over {rounds}");
+            let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            assert!(max - min <= 1 && *min >= 1, "{total} over {rounds}: {shares:?}");
+        }
+        assert_eq!((0..5).map(|r| round_share(300, 5, r)).collect::<Vec<_>>(), vec![60; 5]);
+    }
 
     #[test]
     fn formats() {

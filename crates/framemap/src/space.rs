@@ -438,10 +438,11 @@ impl LinearSpace {
         let scan = policy.scan_dirty && pagemap::scan_supported();
         let tracked = scan && self.register_for_tracking();
         if scan {
-            let (base, page) = (self.base().as_ptr() as usize, self.page);
+            // Host pages are a power of two: shift instead of dividing.
+            let (base, shift) = (self.base().as_ptr() as usize, self.page.trailing_zeros());
             let dirty = &mut self.last_dirty;
             let scanned = pagemap::scan(start, end, pagemap::Query::Dirty, |s, e| {
-                dirty.push(PageRange::new(((s - base) as u64) / page, ((e - base) as u64) / page));
+                dirty.push(PageRange::new(((s - base) as u64) >> shift, ((e - base) as u64) >> shift));
             });
             report.scanned = scanned.is_ok();
             if !report.scanned {
