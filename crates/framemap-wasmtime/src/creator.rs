@@ -14,7 +14,7 @@ use crate::pool::{SlotKey, SlotPool};
 use crate::report::MemoryHandle;
 use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use wasmtime::{AsContext, LinearMemory, Memory, MemoryType, SharedMemory};
 
@@ -77,6 +77,11 @@ pub struct CreatorStats {
 pub(crate) struct CreatorShared {
     config: CreatorConfig,
     pool: Mutex<SlotPool>,
+    /// The pool's slot count as of its last change: read without the lock
+    /// to decide whether a dropped memory is worth resetting (a stale value
+    /// only costs a wasted reset or a released slot; the pool itself bounds
+    /// its size).
+    idle: AtomicUsize,
     live: Mutex<HashMap<usize, Weak<LiveMemory>>>,
     created: AtomicU64,
     reused: AtomicU64,
@@ -101,7 +106,12 @@ impl CreatorShared {
     /// A space of geometry `key` with `minimum` accessible bytes: a recycled
     /// slot if one is idle, a new reservation otherwise.
     fn acquire(&self, key: SlotKey, minimum: u64, image: Option<&Image>) -> Result<LinearSpace> {
-        let recycled = lock(&self.pool).take(key, image.map(Image::id));
+        let recycled = {
+            let mut pool = lock(&self.pool);
+            let taken = pool.take(key, image.map(Image::id));
+            self.idle.store(pool.len(), Ordering::Relaxed);
+            taken
+        };
         // A slot that cannot be laid out is dropped (its reservation is
         // released) and a new one is made instead.
         if let Some(mut space) = recycled
@@ -132,7 +142,7 @@ impl CreatorShared {
         lock(&self.live).remove(&base);
         // A slot that will not be kept is not worth resetting, unless its
         // dirty pages are wanted as an image's working set.
-        let room = lock(&self.pool).len() < self.config.max_idle_slots;
+        let room = self.idle.load(Ordering::Relaxed) < self.config.max_idle_slots;
         let learn = image.is_some_and(|id| self.working_sets_on() && lock(&self.working_sets).contains_key(&id));
         let reset = (room || learn) && space.zero_dirty(self.config.reset).is_ok();
         if reset
@@ -143,7 +153,13 @@ impl CreatorShared {
             working_set.clear();
             working_set.extend_from_slice(space.last_dirty());
         }
-        if room && reset && lock(&self.pool).put(space, self.config.max_idle_slots) {
+        let kept = room && reset && {
+            let mut pool = lock(&self.pool);
+            let kept = pool.put(space, self.config.max_idle_slots);
+            self.idle.store(pool.len(), Ordering::Relaxed);
+            kept
+        };
+        if kept {
             self.recycled.fetch_add(1, Ordering::Relaxed);
         } else {
             self.released.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +236,9 @@ impl FrameMemoryCreator {
 
     /// Releases every idle slot's reservation.
     pub fn clear_pool(&self) {
-        lock(&self.shared.pool).clear();
+        let mut pool = lock(&self.shared.pool);
+        pool.clear();
+        self.shared.idle.store(0, Ordering::Relaxed);
     }
 
     /// A read-only handle to the frame table of `memory`, which must have been
@@ -291,7 +309,9 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
 /// inaccessible guard page, since a reservation cannot be empty.
 fn slot_key(config: &CreatorConfig, minimum: u64, maximum: Option<u64>, reserved: u64, guard: u64) -> Result<SlotKey> {
     let page = framemap::host_page_size() as u64;
-    let round = |what, value: u64| value.checked_next_multiple_of(page).ok_or(Error::TooLarge { what, value });
+    // Host pages are a power of two: round with a mask, not a division.
+    let round =
+        |what, value: u64| value.checked_add(page - 1).map(|v| v & !(page - 1)).ok_or(Error::TooLarge { what, value });
     let minimum = round("memory minimum", minimum)?;
     let capacity = if minimum <= reserved {
         reserved

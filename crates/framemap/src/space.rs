@@ -428,6 +428,8 @@ impl LinearSpace {
     /// while the same set keeps being written ([`ResetReport::protected`]
     /// says when a reset protected). See [`crate::sys`]'s `uffd` module.
     pub fn zero_dirty(&mut self, policy: ResetPolicy) -> Result<ResetReport> {
+        // Host pages are a power of two: shift instead of dividing.
+        let shift = self.page.trailing_zeros();
         let accessible = self.accessible_pages();
         let mut report = ResetReport::default();
         let (start, end) = (self.addr_of(accessible.start) as usize, self.addr_of(accessible.end) as usize);
@@ -438,8 +440,7 @@ impl LinearSpace {
         let scan = policy.scan_dirty && pagemap::scan_supported();
         let tracked = scan && self.register_for_tracking();
         if scan {
-            // Host pages are a power of two: shift instead of dividing.
-            let (base, shift) = (self.base().as_ptr() as usize, self.page.trailing_zeros());
+            let base = self.base().as_ptr() as usize;
             let dirty = &mut self.last_dirty;
             let scanned = pagemap::scan(start, end, pagemap::Query::Dirty, |s, e| {
                 dirty.push(PageRange::new(((s - base) as u64) >> shift, ((e - base) as u64) >> shift));
@@ -451,7 +452,17 @@ impl LinearSpace {
         }
         let everything = [accessible];
         let regions: &[PageRange] = if report.scanned { &self.last_dirty } else { &everything };
-        let mut budget = if report.scanned { policy.keep_resident / self.page } else { 0 };
+        let mut budget = if report.scanned { policy.keep_resident >> shift } else { 0 };
+        // The usual case: every dirty run lies inside one read-write Image or
+        // Zero run of the table and fits the budget, so each is restored in
+        // place from the same source, back to back, with no bookkeeping
+        // between two copies.
+        if let Some(kept) = self.restore_in_one_run(regions, budget)? {
+            report.dirty = kept.1 << shift;
+            report.zeroed_in_place = report.dirty;
+            self.protect_after_restore(tracked, kept.0, &mut report);
+            return Ok(report);
+        }
         let mut to_drop: Vec<PageRange> = Vec::new();
         // The first and last page restored in place (to protect them again).
         let mut kept = PageRange::new(0, 0);
@@ -525,6 +536,14 @@ impl LinearSpace {
             self.drop_pages(range)?;
             report.dropped += range.len() * self.page;
         }
+        self.protect_after_restore(tracked, kept, &mut report);
+        Ok(report)
+    }
+
+    /// Write tracking after a reset that restored the pages of `kept` (the
+    /// hull of those restored in place) and found `self.last_dirty`; sets
+    /// `report.protected` if it protected them.
+    fn protect_after_restore(&mut self, tracked: bool, kept: PageRange, report: &mut ResetReport) {
         // Write tracking: pages restored in place are written pages again.
         // Protecting them lets the next reset skip those the next user does
         // not write (a page is then copied only if written since), at the
@@ -559,7 +578,49 @@ impl LinearSpace {
                 }
             }
         }
-        Ok(report)
+    }
+
+    /// Restores every run of `regions` in place if they all lie inside one
+    /// read-write Zero or Image run of the table and together fit `budget`
+    /// pages: returns the hull of the restored pages and their number, or
+    /// `None` (nothing done) if they do not.
+    fn restore_in_one_run(&self, regions: &[PageRange], budget: u64) -> Result<Option<(PageRange, u64)>> {
+        let (Some(first), Some(last)) = (regions.first(), regions.last()) else { return Ok(None) };
+        let Some((run, frame)) = self.table.run_containing(first.start) else { return Ok(None) };
+        let pages: u64 = regions.iter().map(|r| r.len()).sum();
+        if last.end > run.end || !frame.prot().writable() || pages > budget {
+            return Ok(None);
+        }
+        let image = match frame.kind() {
+            FrameKind::Unmapped | FrameKind::Shared { .. } => return Ok(None),
+            FrameKind::Zero => None,
+            FrameKind::Image { image, page } => {
+                let found = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
+                Some((found, page))
+            }
+        };
+        for region in regions {
+            // `region` lies inside `run`, a read-write Zero or Image run of
+            // this reservation, and table == kernel (invariant 1); the reset
+            // runs under the caller's `&mut self`.
+            // SAFETY: it is mapped and writable, and no other host reference to it exists.
+            let target = unsafe {
+                std::slice::from_raw_parts_mut(self.addr_of(region.start), (region.len() * self.page) as usize)
+            };
+            match image {
+                None => target.fill(0),
+                Some((image, page)) => {
+                    let offset = (page + region.start - run.start) * self.page;
+                    image.copy_to(offset, target).map_err(|source| Error::Kernel {
+                        syscall: "copy from image",
+                        start: region.start * self.page,
+                        end: region.end * self.page,
+                        source,
+                    })?;
+                }
+            }
+        }
+        Ok(Some((PageRange::new(first.start, last.end), pages)))
     }
 
     /// Registers the accessible Zero and Image runs for write tracking if

@@ -143,6 +143,39 @@ fn reset_restores_image_bytes_in_place_and_by_dropping() {
 }
 
 #[test]
+fn dirty_pages_inside_one_run_are_restored_from_the_right_offset() {
+    let p = page();
+    let content: Vec<u8> = (0..8 * p).map(|i| (i % 253 + 1) as u8).collect();
+    let image = Image::from_bytes(&content).unwrap();
+    let mut s = space(16);
+    // Image pages 2..6 at guest pages 4..8; zero pages elsewhere.
+    s.map_image(4 * p, &image, 2 * p, 4 * p, Protection::ReadWrite).unwrap();
+    let policy = ResetPolicy::default();
+    // Only image pages dirty (guest pages 5 and 7), then only zero pages
+    // (guest pages 10 and 12), then both (runs of two frames).
+    for pages in [&[5u64, 7][..], &[10, 12][..], &[1, 5, 7, 12][..]] {
+        for &page in pages {
+            s.write(page * p + 17, &[0; 300]).unwrap();
+        }
+        let report = s.zero_dirty(policy).unwrap();
+        s.validate().unwrap();
+        for page in 0..16u64 {
+            let want: Vec<u8> = if (4..8).contains(&page) {
+                content[((page - 2) * p) as usize..((page - 1) * p) as usize].to_vec()
+            } else {
+                vec![0; p as usize]
+            };
+            assert!(bytes_at(&s, page * p, p as usize) == want, "page {page} after dirtying {pages:?}");
+        }
+        if report.scanned {
+            assert_eq!(report.dirty, pages.len() as u64 * p, "{pages:?}");
+            assert_eq!(report.zeroed_in_place, pages.len() as u64 * p, "{pages:?}");
+            assert_eq!(report.dropped, 0, "{pages:?}");
+        }
+    }
+}
+
+#[test]
 fn layout_changes_between_images_and_sizes() {
     let p = page();
     let one = Image::from_bytes(&vec![1u8; (3 * p) as usize]).unwrap();
