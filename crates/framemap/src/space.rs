@@ -476,33 +476,21 @@ impl LinearSpace {
                 FrameKind::Unmapped | FrameKind::Shared { .. } => return Ok(()),
                 kind @ (FrameKind::Zero | FrameKind::Image { .. }) if frame.prot().writable() && budget > 0 => {
                     let in_place = PageRange::new(run.start, run.start + run.len().min(budget));
-                    // `in_place` is a read-write Zero or Image run of this
-                    // reservation, and table == kernel (invariant 1).
-                    // SAFETY: it is mapped and writable; `&mut self` excludes other host references.
-                    let target = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            self.addr_of(in_place.start),
-                            (in_place.len() * self.page) as usize,
-                        )
+                    let source = match kind {
+                        FrameKind::Image { image: id, page } => {
+                            let image = match cached_image {
+                                Some((cached, image)) if cached == id => image,
+                                _ => {
+                                    let found = self.images.get(&id).ok_or(Error::UnknownBacking { id: id.0 })?;
+                                    cached_image = Some((id, found));
+                                    found
+                                }
+                            };
+                            Some((image, page))
+                        }
+                        _ => None,
                     };
-                    if let FrameKind::Image { image: id, page } = kind {
-                        let image = match cached_image {
-                            Some((cached, image)) if cached == id => image,
-                            _ => {
-                                let found = self.images.get(&id).ok_or(Error::UnknownBacking { id: id.0 })?;
-                                cached_image = Some((id, found));
-                                found
-                            }
-                        };
-                        image.copy_to(page * self.page, target).map_err(|source| Error::Kernel {
-                            syscall: "copy from image",
-                            start: in_place.start * self.page,
-                            end: in_place.end * self.page,
-                            source,
-                        })?;
-                    } else {
-                        target.fill(0);
-                    }
+                    self.restore_in_place(in_place, source)?;
                     budget -= in_place.len();
                     report.zeroed_in_place += in_place.len() * self.page;
                     kept = hull(kept, in_place);
@@ -600,27 +588,31 @@ impl LinearSpace {
             }
         };
         for region in regions {
-            // `region` lies inside `run`, a read-write Zero or Image run of
-            // this reservation, and table == kernel (invariant 1); the reset
-            // runs under the caller's `&mut self`.
-            // SAFETY: it is mapped and writable, and no other host reference to it exists.
-            let target = unsafe {
-                std::slice::from_raw_parts_mut(self.addr_of(region.start), (region.len() * self.page) as usize)
-            };
-            match image {
-                None => target.fill(0),
-                Some((image, page)) => {
-                    let offset = (page + region.start - run.start) * self.page;
-                    image.copy_to(offset, target).map_err(|source| Error::Kernel {
-                        syscall: "copy from image",
-                        start: region.start * self.page,
-                        end: region.end * self.page,
-                        source,
-                    })?;
-                }
-            }
+            self.restore_in_place(*region, image.map(|(image, page)| (image, page + region.start - run.start)))?;
         }
         Ok(Some((PageRange::new(first.start, last.end), pages)))
+    }
+
+    /// Writes the initial contents of `pages` over them in place: the image's
+    /// bytes from `source` (the image and its page at `pages.start`), or zeros
+    /// if `None`. `pages` must be a read-write Zero or Image run of this space.
+    fn restore_in_place(&self, pages: PageRange, source: Option<(&Image, u64)>) -> Result<()> {
+        // `pages` is a read-write Zero or Image run of this reservation
+        // (caller's contract), and table == kernel (invariant 1); resets run
+        // under `&mut self`, which excludes other host references.
+        // SAFETY: the pages are mapped and writable, and nothing else refers to them.
+        let target =
+            unsafe { std::slice::from_raw_parts_mut(self.addr_of(pages.start), (pages.len() * self.page) as usize) };
+        match source {
+            None => target.fill(0),
+            Some((image, page)) => image.copy_to(page * self.page, target).map_err(|source| Error::Kernel {
+                syscall: "copy from image",
+                start: pages.start * self.page,
+                end: pages.end * self.page,
+                source,
+            })?,
+        }
+        Ok(())
     }
 
     /// Registers the accessible Zero and Image runs for write tracking if
