@@ -84,8 +84,10 @@ pub(crate) struct CreatorShared {
     idle: AtomicUsize,
     live: Mutex<HashMap<usize, Weak<LiveMemory>>>,
     created: AtomicU64,
-    reused: AtomicU64,
-    recycled: AtomicU64,
+    /// Slots taken from the pool that could not be laid out for their new
+    /// memory (reused = slots taken - these; the pool counts the former, so
+    /// the hot path updates no counter of its own).
+    unusable: AtomicU64,
     released: AtomicU64,
     prefaulted: AtomicU64,
     /// Images whose working set is prefaulted into fresh slots, with the
@@ -114,11 +116,11 @@ impl CreatorShared {
         };
         // A slot that cannot be laid out is dropped (its reservation is
         // released) and a new one is made instead.
-        if let Some(mut space) = recycled
-            && space.restore_layout(minimum, image).is_ok()
-        {
-            self.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(space);
+        if let Some(mut space) = recycled {
+            if space.restore_layout(minimum, image).is_ok() {
+                return Ok(space);
+            }
+            self.unusable.fetch_add(1, Ordering::Relaxed);
         }
         let create = |source| Error::Create { minimum, reserved: key.capacity, guard: key.guard, source };
         let initial_len = if image.is_some() { 0 } else { minimum };
@@ -159,9 +161,7 @@ impl CreatorShared {
             self.idle.store(pool.len(), Ordering::Relaxed);
             kept
         };
-        if kept {
-            self.recycled.fetch_add(1, Ordering::Relaxed);
-        } else {
+        if !kept {
             self.released.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -208,13 +208,17 @@ impl FrameMemoryCreator {
     /// Counters of what this creator did so far.
     pub fn stats(&self) -> CreatorStats {
         let s = &self.shared;
+        let (taken, kept, idle) = {
+            let pool = lock(&s.pool);
+            (pool.taken(), pool.kept(), pool.len() as u64)
+        };
         CreatorStats {
             created: s.created.load(Ordering::Relaxed),
-            reused: s.reused.load(Ordering::Relaxed),
-            recycled: s.recycled.load(Ordering::Relaxed),
+            reused: taken.saturating_sub(s.unusable.load(Ordering::Relaxed)),
+            recycled: kept,
             released: s.released.load(Ordering::Relaxed),
             prefaulted: s.prefaulted.load(Ordering::Relaxed),
-            idle: lock(&s.pool).len() as u64,
+            idle,
             live: lock(&s.live).len() as u64,
         }
     }
@@ -293,9 +297,10 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         )
         .map_err(|e| e.to_string())?;
         let minimum = minimum as u64;
-        let image = pending::take_image(Arc::as_ptr(&self.shared) as usize, &ty);
-        let space = self.shared.acquire(key, minimum, image.as_ref()).map_err(|e| e.to_string())?;
-        let memory = FrameMemory::new(space, self.shared.clone(), image.as_ref().map(Image::id));
+        let memory = pending::with_image(Arc::as_ptr(&self.shared) as usize, &ty, |image| {
+            let space = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;
+            Ok::<_, String>(FrameMemory::new(space, self.shared.clone(), image.map(Image::id)))
+        })?;
         let live = Arc::downgrade(memory.live());
         lock(&self.shared.live).insert(memory.live().base(), live);
         Ok(Box::new(memory))

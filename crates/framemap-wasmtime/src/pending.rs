@@ -58,48 +58,69 @@ pub(crate) struct MemoryPlan {
 #[derive(Debug)]
 pub(crate) struct Pending {
     creator: usize,
-    plan: Arc<[MemoryPlan]>,
+    /// `None` only while installed in the thread-local (during [`Pending::run`]).
+    plan: Option<Arc<[MemoryPlan]>>,
     next: usize,
+    len: usize,
 }
 
 thread_local! {
     static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
 }
 
+/// Puts the previously installed plan back and hands the installed one back
+/// to its owner when dropped, so a panic inside the instantiation cannot
+/// leave a stale plan that a later instantiation on this thread would follow.
+struct Installed<'a> {
+    owner: &'a mut Pending,
+    previous: Option<Pending>,
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        if let Some(after) = PENDING.replace(self.previous.take()) {
+            self.owner.plan = after.plan;
+            self.owner.next = after.next;
+        }
+    }
+}
+
 impl Pending {
     pub fn new(creator: usize, plan: Arc<[MemoryPlan]>) -> Pending {
-        Pending { creator, plan, next: 0 }
+        let len = plan.len();
+        Pending { creator, plan: Some(plan), next: 0, len }
     }
 
-    /// Runs `f` with this plan installed for the current thread.
+    /// Runs `f` with this plan installed for the current thread (moved there
+    /// and back: no copy, and restored even if `f` panics).
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let plan = Pending { creator: self.creator, plan: self.plan.clone(), next: self.next };
+        let plan = Pending { creator: self.creator, plan: self.plan.take(), next: self.next, len: self.len };
         let previous = PENDING.replace(Some(plan));
-        let result = f();
-        if let Some(after) = PENDING.replace(previous) {
-            self.next = after.next;
-        }
-        result
+        let _installed = Installed { owner: self, previous };
+        f()
     }
 
     /// Whether every planned memory was served; otherwise how many were.
     pub fn finish(&self) -> Result<(), (usize, usize)> {
-        if self.next == self.plan.len() { Ok(()) } else { Err((self.next, self.plan.len())) }
+        if self.next == self.len { Ok(()) } else { Err((self.next, self.len)) }
     }
 }
 
-/// Called by the creator for each memory request: the planned image of the
-/// next memory if a plan of `creator` is installed and `ty` is that memory's
-/// type (advancing the plan), `None` otherwise.
-pub(crate) fn take_image(creator: usize, ty: &MemoryType) -> Option<Image> {
+/// Called by the creator for each memory request: runs `f` with the planned
+/// image of the next memory if a plan of `creator` is installed and `ty` is
+/// that memory's type (advancing the plan), with `None` otherwise. The image
+/// is lent, not copied; `f` must not instantiate (the plan is borrowed).
+pub(crate) fn with_image<R>(creator: usize, ty: &MemoryType, f: impl FnOnce(Option<&Image>) -> R) -> R {
     PENDING.with_borrow_mut(|pending| {
-        let pending = pending.as_mut().filter(|p| p.creator == creator)?;
-        let planned = pending.plan.get(pending.next)?;
-        if Some(planned.facts) != MemoryFacts::of(ty) {
-            return None;
-        }
-        pending.next += 1;
-        planned.image.clone()
+        let planned = pending.as_mut().filter(|p| p.creator == creator).and_then(|pending| {
+            let planned = pending.plan.as_ref()?.get(pending.next)?;
+            if Some(planned.facts) != MemoryFacts::of(ty) {
+                return None;
+            }
+            pending.next += 1;
+            Some(planned)
+        });
+        f(planned.and_then(|p| p.image.as_ref()))
     })
 }
 

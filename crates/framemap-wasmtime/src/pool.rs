@@ -22,6 +22,10 @@ pub(crate) struct SlotKey {
 pub(crate) struct SlotPool {
     idle: HashMap<SlotKey, Vec<LinearSpace>>,
     count: usize,
+    /// Slots handed out by [`SlotPool::take`] since the pool was made.
+    taken: u64,
+    /// Slots kept by [`SlotPool::put`] since the pool was made.
+    kept: u64,
 }
 
 impl SlotPool {
@@ -38,6 +42,7 @@ impl SlotPool {
             None => slots.pop()?,
         };
         self.count -= 1;
+        self.taken += 1;
         Some(space)
     }
 
@@ -50,12 +55,23 @@ impl SlotPool {
         let key = SlotKey { capacity: space.capacity(), guard: space.guard() };
         self.idle.entry(key).or_default().push(space);
         self.count += 1;
+        self.kept += 1;
         true
     }
 
     /// Number of idle slots.
     pub fn len(&self) -> usize {
         self.count
+    }
+
+    /// Slots handed out since the pool was made.
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// Slots kept for reuse since the pool was made.
+    pub fn kept(&self) -> u64 {
+        self.kept
     }
 
     /// Drops every idle slot.

@@ -43,11 +43,12 @@ impl ForkSentinel {
     }
 
     /// Arms the sentinel: until the next fork, [`ForkSentinel::untouched`]
-    /// is true.
+    /// is true. Release ordering: whatever this thread wrote before arming
+    /// is visible to a thread that then sees the sentinel untouched.
     pub(crate) fn arm(&self) {
         if let Some(word) = self.0 {
             // SAFETY: the page is mapped read-write for the process's life.
-            unsafe { word.as_ref() }.store(1, Ordering::Relaxed);
+            unsafe { word.as_ref() }.store(1, Ordering::Release);
         }
     }
 
@@ -55,7 +56,7 @@ impl ForkSentinel {
     /// process's address space.
     pub(crate) fn untouched(&self) -> bool {
         // SAFETY: as in `arm`.
-        self.0.is_some_and(|word| unsafe { word.as_ref() }.load(Ordering::Relaxed) == 1)
+        self.0.is_some_and(|word| unsafe { word.as_ref() }.load(Ordering::Acquire) == 1)
     }
 }
 

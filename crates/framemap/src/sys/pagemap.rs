@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// The page categories of `PAGEMAP_SCAN` (`include/uapi/linux/fs.h`).
@@ -115,23 +116,41 @@ struct PagemapFile {
     file: File,
 }
 
-static PAGEMAP: Mutex<Option<PagemapFile>> = Mutex::new(None);
+/// The file every scan uses, published once opened. Files are leaked, never
+/// freed: a thread may still be reading through a pointer it loaded, and a
+/// replacement happens at most once per fork (the old file then describes the
+/// parent and is only kept open, never used).
+static PAGEMAP: AtomicPtr<PagemapFile> = AtomicPtr::new(std::ptr::null_mut());
+/// Serialises opening and replacing the file (not its use).
+static OPENING: Mutex<()> = Mutex::new(());
 
 fn with_pagemap<T>(f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
     static SENTINEL: OnceLock<ForkSentinel> = OnceLock::new();
     let sentinel = SENTINEL.get_or_init(ForkSentinel::new);
-    let mut slot = PAGEMAP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // The pid is only asked for (a system call) when a fork may have
-    // happened since the file was opened.
-    let current = slot.as_ref().is_some_and(|open| sentinel.untouched() || open.pid == rustix::process::getpid());
-    if !current {
-        *slot = Some(PagemapFile { pid: rustix::process::getpid(), file: File::open("/proc/self/pagemap")? });
+    // Fast path, no lock: the sentinel is armed (Release) only after the file
+    // of this very process was published, so seeing it armed (Acquire) means
+    // `PAGEMAP` holds that file or a later one of this process.
+    if sentinel.untouched() {
+        // SAFETY: a non-null pointer in `PAGEMAP` comes from `Box::into_raw`
+        // below and is never freed, so it stays valid for the process's life.
+        if let Some(open) = unsafe { PAGEMAP.load(Ordering::Acquire).as_ref() } {
+            return f(&open.file);
+        }
     }
+    let _opening = OPENING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let pid = rustix::process::getpid();
+    // SAFETY: as above.
+    let open = match unsafe { PAGEMAP.load(Ordering::Acquire).as_ref() } {
+        Some(open) if open.pid == pid => open,
+        _ => {
+            let opened = Box::new(PagemapFile { pid, file: File::open("/proc/self/pagemap")? });
+            let opened: &'static PagemapFile = Box::leak(opened);
+            PAGEMAP.store(std::ptr::from_ref(opened).cast_mut(), Ordering::Release);
+            opened
+        }
+    };
     sentinel.arm();
-    match slot.as_ref() {
-        Some(open) => f(&open.file),
-        None => Err(io::Error::other("pagemap file not open")),
-    }
+    f(&open.file)
 }
 
 /// Whether this kernel supports `PAGEMAP_SCAN` (probed once).
