@@ -5,12 +5,15 @@
 //! reservation is exactly the `reserved_size_in_bytes` plus
 //! `guard_size_in_bytes` wasmtime asks for (enlarged only when the memory's
 //! minimum does not fit), so compiled code keeps its bounds-check elision.
-//! Dropped memories return their reset slot to a bounded pool.
+//! Dropped memories return their reset slot to a bounded pool. Each slot is
+//! registered by base address once, when its reservation is made, and
+//! deregistered when it is released (see [`crate::memory`] for how handles
+//! tell the memories a slot serves apart).
 
 use crate::error::{Error, Result};
-use crate::memory::{FrameMemory, LiveMemory};
+use crate::memory::{FrameMemory, Slot};
 use crate::pending;
-use crate::pool::{SlotKey, SlotPool};
+use crate::pool::{IdleSlot, SlotKey, SlotPool};
 use crate::report::MemoryHandle;
 use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
 use rustc_hash::FxHashMap as HashMap;
@@ -82,7 +85,8 @@ pub(crate) struct CreatorShared {
     /// only costs a wasted reset or a released slot; the pool itself bounds
     /// its size).
     idle: AtomicUsize,
-    live: Mutex<HashMap<usize, Weak<LiveMemory>>>,
+    /// Every slot whose reservation exists, serving a memory or idle.
+    slots: Mutex<HashMap<usize, Weak<Slot>>>,
     created: AtomicU64,
     /// Slots taken from the pool that could not be laid out for their new
     /// memory (reused = slots taken - these; the pool counts the former, so
@@ -105,22 +109,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CreatorShared {
-    /// A space of geometry `key` with `minimum` accessible bytes: a recycled
-    /// slot if one is idle, a new reservation otherwise.
-    fn acquire(&self, key: SlotKey, minimum: u64, image: Option<&Image>) -> Result<LinearSpace> {
+    /// A slot of geometry `key` serving a new memory with `minimum`
+    /// accessible bytes (a recycled slot if one is idle, a new reservation
+    /// otherwise), the memory's generation, and its length and capacity.
+    fn acquire(&self, key: SlotKey, minimum: u64, image: Option<&Image>) -> Result<(Arc<Slot>, u64, (u64, u64))> {
         let recycled = {
             let mut pool = lock(&self.pool);
             let taken = pool.take(key, image.map(Image::id));
             self.idle.store(pool.len(), Ordering::Relaxed);
             taken
         };
-        // A slot that cannot be laid out is dropped (its reservation is
-        // released) and a new one is made instead.
-        if let Some(mut space) = recycled {
-            if space.restore_layout(minimum, image).is_ok() {
-                return Ok(space);
+        if let Some(IdleSlot { slot, .. }) = recycled {
+            let served = {
+                let mut state = slot.lock();
+                state.space.restore_layout(minimum, image).is_ok().then(|| {
+                    let size = (state.space.len(), state.space.capacity());
+                    (state.start_serving(), size)
+                })
+            };
+            if let Some((generation, size)) = served {
+                return Ok((slot, generation, size));
             }
+            // A slot that cannot be laid out is released and a new one is
+            // made instead.
             self.unusable.fetch_add(1, Ordering::Relaxed);
+            self.forget(&slot);
         }
         let create = |source| Error::Create { minimum, reserved: key.capacity, guard: key.guard, source };
         let initial_len = if image.is_some() { 0 } else { minimum };
@@ -135,33 +148,51 @@ impl CreatorShared {
                 self.prefaulted.fetch_add(bytes, Ordering::Relaxed);
             }
         }
+        let size = (space.len(), space.capacity());
+        let slot = Slot::new(space);
+        let generation = slot.lock().start_serving();
+        lock(&self.slots).insert(slot.base(), Arc::downgrade(&slot));
         self.created.fetch_add(1, Ordering::Relaxed);
-        Ok(space)
+        Ok((slot, generation, size))
     }
 
-    /// Takes back the space of a dropped memory.
-    pub(crate) fn release(&self, base: usize, mut space: LinearSpace, image: Option<BackingId>) {
-        lock(&self.live).remove(&base);
+    /// Deregisters a slot whose reservation is about to be released.
+    fn forget(&self, slot: &Slot) {
+        lock(&self.slots).remove(&slot.base());
+    }
+
+    /// Takes back the slot of a dropped memory.
+    pub(crate) fn release(&self, slot: Arc<Slot>, image: Option<BackingId>) {
         // A slot that will not be kept is not worth resetting, unless its
         // dirty pages are wanted as an image's working set.
         let room = self.idle.load(Ordering::Relaxed) < self.config.max_idle_slots;
         let learn = image.is_some_and(|id| self.working_sets_on() && lock(&self.working_sets).contains_key(&id));
-        let reset = (room || learn) && space.zero_dirty(self.config.reset).is_ok();
-        if reset
-            && learn
-            && let Some(id) = image
-            && let Some(working_set) = lock(&self.working_sets).get_mut(&id)
-        {
-            working_set.clear();
-            working_set.extend_from_slice(space.last_dirty());
-        }
-        let kept = room && reset && {
-            let mut pool = lock(&self.pool);
-            let kept = pool.put(space, self.config.max_idle_slots);
-            self.idle.store(pool.len(), Ordering::Relaxed);
-            kept
+        let (reset, key, holds) = {
+            let mut state = slot.lock();
+            state.stop_serving();
+            let space = &mut state.space;
+            let reset = (room || learn) && space.zero_dirty(self.config.reset).is_ok();
+            if reset
+                && learn
+                && let Some(id) = image
+                && let Some(working_set) = lock(&self.working_sets).get_mut(&id)
+            {
+                working_set.clear();
+                working_set.extend_from_slice(space.last_dirty());
+            }
+            let key = SlotKey { capacity: space.capacity(), guard: space.guard() };
+            (reset, key, image.filter(|&id| space.holds_image(id)))
         };
-        if !kept {
+        let refused = if room && reset {
+            let mut pool = lock(&self.pool);
+            let put = pool.put(key, IdleSlot { slot, image: holds }, self.config.max_idle_slots);
+            self.idle.store(pool.len(), Ordering::Relaxed);
+            put.err().map(|idle| idle.slot)
+        } else {
+            Some(slot)
+        };
+        if let Some(slot) = refused {
+            self.forget(&slot);
             self.released.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -170,8 +201,11 @@ impl CreatorShared {
         self.any_working_set.load(Ordering::Acquire)
     }
 
-    fn live(&self, base: usize) -> Result<Arc<LiveMemory>> {
-        lock(&self.live).get(&base).and_then(Weak::upgrade).ok_or(Error::NotFramemap { base })
+    /// A handle to the memory at `base`, if a slot of this creator serves one.
+    fn handle(&self, base: usize) -> Result<MemoryHandle> {
+        let slot = lock(&self.slots).get(&base).and_then(Weak::upgrade).ok_or(Error::NotFramemap { base })?;
+        let generation = slot.lock().current().ok_or(Error::NotFramemap { base })?;
+        Ok(MemoryHandle::new(&slot, generation))
     }
 }
 
@@ -212,14 +246,18 @@ impl FrameMemoryCreator {
             let pool = lock(&s.pool);
             (pool.taken(), pool.kept(), pool.len() as u64)
         };
+        let created = s.created.load(Ordering::Relaxed);
+        let reused = taken.saturating_sub(s.unusable.load(Ordering::Relaxed));
+        let released = s.released.load(Ordering::Relaxed);
         CreatorStats {
-            created: s.created.load(Ordering::Relaxed),
-            reused: taken.saturating_sub(s.unusable.load(Ordering::Relaxed)),
+            created,
+            reused,
             recycled: kept,
-            released: s.released.load(Ordering::Relaxed),
+            released,
             prefaulted: s.prefaulted.load(Ordering::Relaxed),
             idle,
-            live: lock(&s.live).len() as u64,
+            // Every memory made is dropped once, as recycled or released.
+            live: (created + reused).saturating_sub(kept + released),
         }
     }
 
@@ -240,30 +278,39 @@ impl FrameMemoryCreator {
 
     /// Releases every idle slot's reservation.
     pub fn clear_pool(&self) {
-        let mut pool = lock(&self.shared.pool);
-        pool.clear();
-        self.shared.idle.store(0, Ordering::Relaxed);
+        let drained = {
+            let mut pool = lock(&self.shared.pool);
+            self.shared.idle.store(0, Ordering::Relaxed);
+            pool.drain()
+        };
+        for idle in drained {
+            self.shared.forget(&idle.slot);
+        }
     }
 
     /// A read-only handle to the frame table of `memory`, which must have been
     /// created by this creator.
     pub fn handle(&self, store: impl AsContext, memory: &Memory) -> Result<MemoryHandle> {
-        let base = memory.data_ptr(store) as usize;
-        Ok(MemoryHandle::new(self.shared.live(base)?))
+        self.shared.handle(memory.data_ptr(store) as usize)
     }
 
     /// A read-only handle to the frame table of a shared `memory` created by
     /// this creator.
     pub fn handle_shared(&self, memory: &SharedMemory) -> Result<MemoryHandle> {
-        let base = memory.data().as_ptr() as usize;
-        Ok(MemoryHandle::new(self.shared.live(base)?))
+        self.shared.handle(memory.data().as_ptr() as usize)
     }
 
     /// Handles to every memory this creator has alive now, by base address.
     pub fn live_memories(&self) -> Vec<MemoryHandle> {
-        let mut live: Vec<_> = lock(&self.shared.live).values().filter_map(Weak::upgrade).collect();
-        live.sort_by_key(|m| m.base());
-        live.into_iter().map(MemoryHandle::new).collect()
+        let mut slots: Vec<_> = lock(&self.shared.slots).values().filter_map(Weak::upgrade).collect();
+        slots.sort_by_key(|slot| slot.base());
+        slots
+            .iter()
+            .filter_map(|slot| {
+                let generation = slot.lock().current()?;
+                Some(MemoryHandle::new(slot, generation))
+            })
+            .collect()
     }
 
     /// A report on every memory alive now (see [`MemoryHandle::report`]);
@@ -298,11 +345,9 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         .map_err(|e| e.to_string())?;
         let minimum = minimum as u64;
         let memory = pending::with_image(Arc::as_ptr(&self.shared) as usize, &ty, |image| {
-            let space = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;
-            Ok::<_, String>(FrameMemory::new(space, self.shared.clone(), image.map(Image::id)))
+            let (slot, generation, size) = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;
+            Ok::<_, String>(FrameMemory::new(slot, generation, size, self.shared.clone(), image.map(Image::id)))
         })?;
-        let live = Arc::downgrade(memory.live());
-        lock(&self.shared.live).insert(memory.live().base(), live);
         Ok(Box::new(memory))
     }
 }

@@ -145,3 +145,43 @@ impl<F: Future> Future for WithPlan<'_, F> {
         this.pending.run(|| inner.as_mut().poll(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(ty: &MemoryType) -> Arc<[MemoryPlan]> {
+        let image = Image::from_bytes(&[1u8; 16]).expect("image");
+        Arc::from(vec![MemoryPlan { facts: MemoryFacts::of(ty).expect("facts"), image: Some(image) }])
+    }
+
+    #[test]
+    fn a_plan_is_served_once_and_only_while_installed() {
+        let ty = MemoryType::new(1, None);
+        let mut pending = Pending::new(7, plan(&ty));
+        assert!(with_image(7, &ty, |image| image.is_none()), "nothing is installed outside `run`");
+        let served = pending.run(|| {
+            let other_creator = with_image(8, &ty, |image| image.is_some());
+            let other_type = with_image(7, &MemoryType::new(2, None), |image| image.is_some());
+            let first = with_image(7, &ty, |image| image.map(Image::len));
+            let second = with_image(7, &ty, |image| image.is_some());
+            (other_creator, other_type, first, second)
+        });
+        assert_eq!(served, (false, false, Some(framemap::host_page_size() as u64), false), "one page-rounded image");
+        assert_eq!(pending.finish(), Ok(()));
+        assert!(with_image(7, &ty, |image| image.is_none()));
+    }
+
+    #[test]
+    fn a_panicking_instantiation_leaves_no_plan_behind() {
+        let ty = MemoryType::new(1, None);
+        let mut pending = Pending::new(7, plan(&ty));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pending.run(|| panic!("instantiation"))));
+        assert!(outcome.is_err());
+        assert!(with_image(7, &ty, |image| image.is_none()), "a stale plan would hand its image to the next memory");
+        // The plan came back to its owner, unserved.
+        assert_eq!(pending.finish(), Err((0, 1)));
+        assert!(pending.run(|| with_image(7, &ty, |image| image.is_some())));
+    }
+}

@@ -1,14 +1,17 @@
 //! Slot recycling: idle reservations waiting to serve the next memory.
 //!
-//! Invariant: every space in the pool has had its contents reset (all pages
+//! Invariant: no slot in the pool serves a memory, and every slot's space
+//! has had its contents reset (all pages
 //! read as their frame's initial contents: zero here), so handing it out only
 //! needs its layout set for the new memory's size
 //! ([`framemap::LinearSpace::restore_layout`]). Slots are matched by exact
 //! geometry (capacity and guard), so a recycled memory has precisely the
 //! reservation wasmtime asked for.
 
-use framemap::{BackingId, LinearSpace};
+use crate::memory::Slot;
+use framemap::BackingId;
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
 
 /// The geometry that decides whether a slot can serve a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,10 +20,17 @@ pub(crate) struct SlotKey {
     pub guard: u64,
 }
 
-/// Idle, reset spaces by geometry, bounded in number.
+/// An idle slot and the image its space was reset to, if any.
+#[derive(Debug)]
+pub(crate) struct IdleSlot {
+    pub slot: Arc<Slot>,
+    pub image: Option<BackingId>,
+}
+
+/// Idle, reset slots by geometry, bounded in number.
 #[derive(Debug, Default)]
 pub(crate) struct SlotPool {
-    idle: HashMap<SlotKey, Vec<LinearSpace>>,
+    idle: HashMap<SlotKey, Vec<IdleSlot>>,
     count: usize,
     /// Slots handed out by [`SlotPool::take`] since the pool was made.
     taken: u64,
@@ -34,9 +44,9 @@ impl SlotPool {
     /// contents reset to the image, so reuse costs almost nothing), else the
     /// most recently used one (its kept-resident pages are the likeliest to
     /// still be in cache).
-    pub fn take(&mut self, key: SlotKey, prefer: Option<BackingId>) -> Option<LinearSpace> {
+    pub fn take(&mut self, key: SlotKey, prefer: Option<BackingId>) -> Option<IdleSlot> {
         let slots = self.idle.get_mut(&key)?;
-        let holding = prefer.and_then(|id| slots.iter().rposition(|s| s.holds_image(id)));
+        let holding = prefer.and_then(|id| slots.iter().rposition(|s| s.image == Some(id)));
         let space = match holding {
             Some(i) => slots.remove(i),
             None => slots.pop()?,
@@ -46,17 +56,16 @@ impl SlotPool {
         Some(space)
     }
 
-    /// Keeps `space` for reuse if fewer than `limit` slots are idle and says
-    /// so; otherwise drops it (releasing its reservation) and returns false.
-    pub fn put(&mut self, space: LinearSpace, limit: usize) -> bool {
+    /// Keeps `slot` (of geometry `key`) for reuse if fewer than `limit`
+    /// slots are idle; otherwise hands it back.
+    pub fn put(&mut self, key: SlotKey, slot: IdleSlot, limit: usize) -> Result<(), IdleSlot> {
         if self.count >= limit {
-            return false;
+            return Err(slot);
         }
-        let key = SlotKey { capacity: space.capacity(), guard: space.guard() };
-        self.idle.entry(key).or_default().push(space);
+        self.idle.entry(key).or_default().push(slot);
         self.count += 1;
         self.kept += 1;
-        true
+        Ok(())
     }
 
     /// Number of idle slots.
@@ -74,9 +83,9 @@ impl SlotPool {
         self.kept
     }
 
-    /// Drops every idle slot.
-    pub fn clear(&mut self) {
-        self.idle.clear();
+    /// Empties the pool, handing out every idle slot.
+    pub fn drain(&mut self) -> Vec<IdleSlot> {
         self.count = 0;
+        self.idle.drain().flat_map(|(_, slots)| slots).collect()
     }
 }

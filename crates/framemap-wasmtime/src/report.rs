@@ -1,7 +1,11 @@
 //! Handles to live memories: their frame tables, and windows on them.
+//!
+//! A handle names one memory: a slot and the generation it served when the
+//! handle was made (see [`crate::memory`]). Once that memory is dropped, every
+//! call fails with [`Error::NotFramemap`], even after the slot serves another.
 
 use crate::error::{Error, Result};
-use crate::memory::LiveMemory;
+use crate::memory::Slot;
 use framemap::{Frame, Image, LinearSpace, PageRange, Protection, SharedBuffer, SpaceSummary, WindowHost};
 use std::fmt;
 use std::sync::{Arc, Weak};
@@ -20,12 +24,13 @@ use std::sync::{Arc, Weak};
 #[derive(Clone, Debug)]
 pub struct MemoryHandle {
     base: usize,
-    live: Weak<LiveMemory>,
+    slot: Weak<Slot>,
+    generation: u64,
 }
 
 impl MemoryHandle {
-    pub(crate) fn new(live: Arc<LiveMemory>) -> MemoryHandle {
-        MemoryHandle { base: live.base(), live: Arc::downgrade(&live) }
+    pub(crate) fn new(slot: &Arc<Slot>, generation: u64) -> MemoryHandle {
+        MemoryHandle { base: slot.base(), slot: Arc::downgrade(slot), generation }
     }
 
     /// The memory's base address.
@@ -37,9 +42,9 @@ impl MemoryHandle {
     /// demoted are folded in first, see [`LinearSpace::reconcile`]).
     pub fn report(&self) -> Result<FrameReport> {
         let gone = || Error::NotFramemap { base: self.base };
-        let live = self.live.upgrade().ok_or_else(gone)?;
-        let mut guard = live.lock();
-        let space = guard.as_mut().ok_or_else(gone)?;
+        let slot = self.slot.upgrade().ok_or_else(gone)?;
+        let mut state = slot.lock();
+        let space = state.serving(self.generation).ok_or_else(gone)?;
         space.reconcile().map_err(|source| Error::Report { base: self.base, source })?;
         let summary = space.summary().map_err(|source| Error::Report { base: self.base, source })?;
         Ok(FrameReport { summary, runs: space.table().runs().collect() })
@@ -73,8 +78,8 @@ impl MemoryHandle {
         len: u64,
         prot: Protection,
     ) -> Result<()> {
-        let live = self.live.upgrade().ok_or(Error::NotFramemap { base: self.base })?;
-        let weak: Weak<LiveMemory> = Arc::downgrade(&live);
+        let slot = self.slot.upgrade().ok_or(Error::NotFramemap { base: self.base })?;
+        let weak: Weak<Slot> = Arc::downgrade(&slot);
         let weak: Weak<dyn WindowHost> = weak;
         let grant = buffer.grant(weak).map_err(|source| Error::Window { base: self.base, source })?;
         self.with_space(|space| space.map_buffer(offset, &grant, buffer_offset, len, prot))
@@ -125,18 +130,22 @@ impl MemoryHandle {
 
     fn with_space<T>(&self, f: impl FnOnce(&mut LinearSpace) -> framemap::Result<T>) -> Result<T> {
         let gone = || Error::NotFramemap { base: self.base };
-        let live = self.live.upgrade().ok_or_else(gone)?;
-        let mut guard = live.lock();
-        let space = guard.as_mut().ok_or_else(gone)?;
+        let slot = self.slot.upgrade().ok_or_else(gone)?;
+        let mut state = slot.lock();
+        let space = state.serving(self.generation).ok_or_else(gone)?;
         f(space).map_err(|source| Error::Window { base: self.base, source })
     }
 
     /// Checks the memory's frame table against the kernel's mappings.
     pub fn validate(&self) -> Result<()> {
         let gone = || Error::NotFramemap { base: self.base };
-        let live = self.live.upgrade().ok_or_else(gone)?;
-        let guard = live.lock();
-        guard.as_ref().ok_or_else(gone)?.validate().map_err(|source| Error::Report { base: self.base, source })
+        let slot = self.slot.upgrade().ok_or_else(gone)?;
+        let mut state = slot.lock();
+        state
+            .serving(self.generation)
+            .ok_or_else(gone)?
+            .validate()
+            .map_err(|source| Error::Report { base: self.base, source })
     }
 }
 

@@ -120,6 +120,52 @@ fn recycling_reuses_one_reservation_across_1000_instantiations() {
 }
 
 #[test]
+fn a_handle_names_one_memory_not_the_slot_that_served_it() {
+    let creator = FrameMemoryCreator::new();
+    let engine = engine_with(&creator, |_| {});
+    let module = Module::new(&engine, r#"(module (memory (export "m") 1))"#).unwrap();
+    let mut first = Store::new(&engine, ());
+    let instance = Instance::new(&mut first, &module, &[]).unwrap();
+    let memory = instance.get_memory(&mut first, "m").unwrap();
+    let base = memory.data_ptr(&first) as usize;
+    let stale = creator.handle(&first, &memory).unwrap();
+    stale.write(0, &[1, 2, 3]).unwrap();
+    assert_eq!(creator.live_memories().len(), 1);
+    assert_eq!(creator.stats().live, 1);
+    drop(first);
+    // The slot is idle in the pool: no handle reaches it, and it is not live.
+    assert!(stale.read(0, &mut [0; 3]).is_err(), "a handle outlived its memory");
+    assert!(creator.live_memories().is_empty(), "an idle slot is listed as live");
+    assert_eq!(creator.stats().live, 0);
+    assert_eq!(creator.stats().idle, 1);
+    // The same slot serves the next memory: the old handle still fails, a new
+    // handle works, and it sees the reset contents.
+    let mut second = Store::new(&engine, ());
+    let instance = Instance::new(&mut second, &module, &[]).unwrap();
+    let memory = instance.get_memory(&mut second, "m").unwrap();
+    assert_eq!(memory.data_ptr(&second) as usize, base, "the slot was recycled");
+    assert!(matches!(stale.write(0, &[9]), Err(framemap_wasmtime::Error::NotFramemap { .. })));
+    assert!(stale.report().is_err() && stale.validate().is_err() && stale.runs_in(0, 1).is_err());
+    assert!(stale.map_zero(0, WASM_PAGE, Protection::ReadWrite).is_err());
+    let fresh = creator.handle(&second, &memory).unwrap();
+    let mut bytes = [7u8; 3];
+    fresh.read(0, &mut bytes).unwrap();
+    assert_eq!(bytes, [0, 0, 0], "the recycled memory was reset");
+    assert_eq!(memory.data(&second)[..3], [0, 0, 0], "the stale handle wrote into the new memory");
+    let live = creator.live_memories();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].base(), base);
+    // Clearing the pool while the slot serves a memory changes nothing for it.
+    creator.clear_pool();
+    fresh.write(0, &[5]).unwrap();
+    drop(second);
+    creator.clear_pool();
+    let stats = creator.stats();
+    assert_eq!((stats.created, stats.reused, stats.recycled, stats.idle, stats.live), (1, 1, 2, 0, 0));
+    assert!(fresh.read(0, &mut bytes).is_err());
+}
+
+#[test]
 fn recycling_off_releases_every_reservation() {
     let creator = FrameMemoryCreator::with_config(CreatorConfig { max_idle_slots: 0, ..CreatorConfig::default() });
     let engine = engine_with(&creator, |_| {});
