@@ -841,6 +841,42 @@ fn render_targets(results: &Results) -> String {
         );
     }
     let _ = writeln!(out, "  {met} of {} targets met", checks.len());
+    out.push_str(&render_references(results));
+    out
+}
+
+/// The same ratios that the speed-up targets take, with wasmtime's own best
+/// pooling setup in framemap's place: what recycling can reach on this
+/// machine when it does the same kernel work (one dirty-page scan and one
+/// page copy per dirtied page). Context for the targets, not targets.
+fn reference_checks(results: &Results) -> Vec<(String, Option<f64>, String)> {
+    use Allocator::*;
+    use Workload::Instantiate;
+    let pair = |num: Allocator, den: Allocator, k: u32| {
+        let (a, b) = (results.median(Instantiate, num, k), results.median(Instantiate, den, k));
+        let value = match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let detail = match (a, b) {
+            (Some(a), Some(b)) => format!("{} / {}", format_ns(a), format_ns(b)),
+            _ => "not measured".to_owned(),
+        };
+        (format!("instantiate k={k}: {} / {}", num.name(), den.name()), value, detail)
+    };
+    vec![pair(WasmtimeOnDemand, WasmtimePoolingBest, 16), pair(WasmtimeOnDemandCopy, WasmtimePoolingBest, 0)]
+}
+
+/// The "reference" lines under the targets (see [`reference_checks`]).
+fn render_references(results: &Results) -> String {
+    let mut out = String::from("\nreference — the same ratios for wasmtime's own best pooling setup (not targets)\n");
+    let refs = reference_checks(results);
+    let width = refs.iter().map(|(label, ..)| label.chars().count()).max().unwrap_or(0);
+    for (label, value, detail) in refs {
+        let pad = width - label.chars().count();
+        let value = value.map_or_else(|| "n/a".to_owned(), format_ratio);
+        let _ = writeln!(out, "  {label}{} {value:>7}  ({detail})", " ".repeat(pad));
+    }
     out
 }
 
@@ -1006,10 +1042,37 @@ mod tests {
     }
 
     #[test]
+    fn references_are_wasmtime_against_its_own_best_pooling() {
+        let row = |allocator: Allocator, k, median_ns| Row {
+            workload: Workload::Instantiate,
+            allocator: allocator.name(),
+            dirty_pages: k,
+            summary: Summary { median_ns, p90_ns: median_ns, samples: 1 },
+            rss_kib: None,
+        };
+        let results = Results {
+            rows: vec![
+                row(Allocator::WasmtimeOnDemand, 16, 30_000.0),
+                row(Allocator::WasmtimePoolingBest, 16, 5_000.0),
+                row(Allocator::WasmtimeOnDemandCopy, 0, 4_000_000.0),
+                row(Allocator::WasmtimePoolingBest, 0, 2_000.0),
+                row(Allocator::Framemap, 16, 1.0),
+            ],
+        };
+        let refs = reference_checks(&results);
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0].1, Some(6.0), "{:?}", refs[0]);
+        assert_eq!(refs[1].1, Some(2000.0), "{:?}", refs[1]);
+        assert!(render_references(&results).contains("(30.0 µs / 5.00 µs)"), "{}", render_references(&results));
+    }
+
+    #[test]
     fn missing_rows_are_misses_not_panics() {
         let results = Results::default();
         let text = render_targets(&results);
         assert!(text.contains("0 of 10 targets met"), "{text}");
+        let reference = text.lines().find(|l| l.contains("k=16: wasmtime-ondemand / wasmtime-pooling-best"));
+        assert!(reference.is_some_and(|l| l.contains(" n/a  (not measured)")), "{text}");
         let context = RunContext { builtin: true, title: "t".into(), notes: vec![], creator_stats: vec![] };
         assert!(svg_chart(&results, &context).starts_with("<svg"));
     }
