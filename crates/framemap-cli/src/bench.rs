@@ -740,50 +740,58 @@ impl Goal {
     }
 }
 
+/// `a / b`, if both medians were measured and `b` is positive.
+fn median_ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The two medians of a ratio, as "a / b", or "not measured".
+fn show_medians(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{} / {}", format_ns(a), format_ns(b)),
+        _ => "not measured".to_owned(),
+    }
+}
+
 /// The ratios the project tracks, from the measured medians.
 fn target_checks(results: &Results) -> Vec<TargetCheck> {
     use Allocator::*;
     use Workload::*;
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
-    let show = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => format!("{} / {}", format_ns(a), format_ns(b)),
-        _ => "not measured".to_owned(),
-    };
     let mut checks = Vec::new();
     for k in DIRTY_PAGES {
         let (f, p) = (results.median(Instantiate, Framemap, k), results.median(Instantiate, WasmtimePoolingBest, k));
         checks.push(TargetCheck {
             label: format!("instantiate k={k}: framemap / wasmtime-pooling-best"),
-            value: ratio(f, p),
+            value: median_ratio(f, p),
             goal: Goal::AtMost(1.0),
-            detail: show(f, p),
+            detail: show_medians(f, p),
         });
     }
     let (o, f) = (results.median(Instantiate, WasmtimeOnDemand, 16), results.median(Instantiate, Framemap, 16));
     checks.push(TargetCheck {
         label: "instantiate k=16: wasmtime-ondemand / framemap".to_owned(),
-        value: ratio(o, f),
+        value: median_ratio(o, f),
         goal: Goal::AtLeast(8.0),
-        detail: show(o, f),
+        detail: show_medians(o, f),
     });
     let (c, f) = (results.median(Instantiate, WasmtimeOnDemandCopy, 0), results.median(Instantiate, Framemap, 0));
     checks.push(TargetCheck {
         label: "instantiate k=0: wasmtime-ondemand-copy / framemap".to_owned(),
-        value: ratio(c, f),
+        value: median_ratio(c, f),
         goal: Goal::AtLeast(100.0),
-        detail: show(c, f),
+        detail: show_medians(c, f),
     });
     for k in DIRTY_PAGES {
         let (f, o) =
             (results.median(InstantiateFresh, Framemap, k), results.median(InstantiateFresh, WasmtimeOnDemand, k));
         checks.push(TargetCheck {
             label: format!("instantiate-fresh k={k}: framemap / wasmtime-ondemand"),
-            value: ratio(f, o),
+            value: median_ratio(f, o),
             goal: Goal::AtMost(1.2),
-            detail: show(f, o),
+            detail: show_medians(f, o),
         });
     }
     let page = framemap::host_page_size() as u64;
@@ -806,9 +814,9 @@ fn target_checks(results: &Results) -> Vec<TargetCheck> {
     let (f, o) = (results.median(Compute, Framemap, 0), results.median(Compute, WasmtimeOnDemand, 0));
     checks.push(TargetCheck {
         label: "compute: framemap / wasmtime-ondemand".to_owned(),
-        value: ratio(f, o),
+        value: median_ratio(f, o),
         goal: Goal::Within(0.98, 1.02),
-        detail: show(f, o),
+        detail: show_medians(f, o),
     });
     checks
 }
@@ -854,15 +862,7 @@ fn reference_checks(results: &Results) -> Vec<(String, Option<f64>, String)> {
     use Workload::Instantiate;
     let pair = |num: Allocator, den: Allocator, k: u32| {
         let (a, b) = (results.median(Instantiate, num, k), results.median(Instantiate, den, k));
-        let value = match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let detail = match (a, b) {
-            (Some(a), Some(b)) => format!("{} / {}", format_ns(a), format_ns(b)),
-            _ => "not measured".to_owned(),
-        };
-        (format!("instantiate k={k}: {} / {}", num.name(), den.name()), value, detail)
+        (format!("instantiate k={k}: {} / {}", num.name(), den.name()), median_ratio(a, b), show_medians(a, b))
     };
     vec![pair(WasmtimeOnDemand, WasmtimePoolingBest, 16), pair(WasmtimeOnDemandCopy, WasmtimePoolingBest, 0)]
 }
