@@ -1,14 +1,13 @@
 //! The README's embedding example: run a module on framemap memories and look
 //! at its frame table.
 
-use framemap_wasmtime::{FrameMemoryCreator, configure};
-use wasmtime::{Config, Engine, Instance, Module, Store};
+use framemap_wasmtime::FrameMemoryCreator;
+use wasmtime::{Config, Instance, Module, Store};
 
 fn main() -> anyhow::Result<()> {
     let creator = FrameMemoryCreator::new();
-    let mut config = Config::new();
-    configure(&mut config, creator.clone()); // every memory is now a framemap reservation
-    let engine = Engine::new(&config)?;
+    // Every memory of this engine is a framemap reservation.
+    let engine = framemap_wasmtime::engine(&mut Config::new(), creator.clone())?;
     let module = Module::new(
         &engine,
         r#"(module (memory (export "mem") 1)

@@ -59,7 +59,7 @@ fn run() -> anyhow::Result<Outcome> {
     buffer.read(64, &mut bytes)?;
 
     // Revocation unmaps both windows; B's next load traps.
-    let memories_told = buffer.revoke();
+    let memories_told = buffer.revoke()?;
     let error = get.call(&mut store_b, window_b as i32 + 64).expect_err("a revoked window traps");
     handle_b.validate()?;
     Ok(Outcome {

@@ -67,7 +67,9 @@ fuzz_target!(|input: Input| {
             Op::Set { start, end, frame: choice } => {
                 let range = PageRange::new(u64::from(start % 300), u64::from(end % 300));
                 let f = frame(choice);
+                let predicted = table.run_count_after_set(range, f);
                 table.set(range, f);
+                assert_eq!(table.run_count(), predicted, "run_count_after_set({range:?}, {f:?})");
                 for p in range.start..range.end.min(pages) {
                     model[p as usize] = f.advanced(p - range.start);
                 }

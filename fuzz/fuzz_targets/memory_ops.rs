@@ -753,7 +753,7 @@ fuzz_target!(|input: Input| {
                 let Some(buf) = b.pick_buffer(i) else { continue };
                 let m = b.buffers[buf].as_mut().unwrap();
                 // Not holding the space's lock: revocation takes it.
-                let told = m.buffer.revoke();
+                let told = m.buffer.revoke().unwrap();
                 assert_eq!(told, usize::from(!m.revoked), "step {step}: memories told of the revocation");
                 m.revoked = true;
                 model.unmap_buffer(buf);

@@ -41,6 +41,16 @@ pub struct CreatorConfig {
     /// same growth behaviour. The default, 2 GiB, is wasmtime's default on
     /// 64-bit hosts. It is address space only: nothing is committed.
     pub growth_reserve: u64,
+    /// Most runs one memory's frame table may hold (see
+    /// [`framemap::LinearSpace::set_run_budget`]). Each run is at least one
+    /// kernel mapping, and a process has `vm.max_map_count` of them (65 530
+    /// by default) for everything, wasmtime's code and stacks included: a
+    /// guest toggling the protection of every other page would otherwise
+    /// exhaust them for all. A change over the budget fails; from a guest's
+    /// memory-control call, it traps. The default, 1024, is far above what
+    /// ordinary memories use (a handful of runs) and lets 60 memories at
+    /// their budget still leave room to the rest of the process.
+    pub max_runs: usize,
 }
 
 impl Default for CreatorConfig {
@@ -50,6 +60,7 @@ impl Default for CreatorConfig {
             reset: ResetPolicy::default(),
             default_reservation: 4 << 30,
             growth_reserve: 2 << 30,
+            max_runs: 1024,
         }
     }
 }
@@ -79,6 +90,9 @@ pub struct CreatorStats {
 #[derive(Debug, Default)]
 pub(crate) struct CreatorShared {
     config: CreatorConfig,
+    /// `config.growth_reserve`, or what [`crate::engine`] copied from the
+    /// engine's `memory_reservation_for_growth` since.
+    growth_reserve: AtomicU64,
     pool: Mutex<SlotPool>,
     /// The pool's slot count as of its last change: read without the lock
     /// to decide whether a dropped memory is worth resetting (a stale value
@@ -139,6 +153,7 @@ impl CreatorShared {
         let initial_len = if image.is_some() { 0 } else { minimum };
         let mut space =
             LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len }).map_err(create)?;
+        space.set_run_budget(self.config.max_runs);
         if let Some(image) = image {
             space.restore_layout(minimum, Some(image)).map_err(create)?;
             let working_set = self.working_sets_on().then(|| lock(&self.working_sets).get(&image.id()).cloned());
@@ -171,7 +186,8 @@ impl CreatorShared {
             let mut state = slot.lock();
             state.stop_serving();
             let space = &mut state.space;
-            let reset = (room || learn) && space.zero_dirty(self.config.reset).is_ok();
+            // A poisoned memory (see `Error::Poisoned`) is never recycled.
+            let reset = (room || learn) && space.poisoned_pages() == 0 && space.zero_dirty(self.config.reset).is_ok();
             if reset
                 && learn
                 && let Some(id) = image
@@ -225,7 +241,10 @@ impl FrameMemoryCreator {
 
     /// A creator with `config`.
     pub fn with_config(config: CreatorConfig) -> Arc<Self> {
-        Arc::new(FrameMemoryCreator { shared: Arc::new(CreatorShared { config, ..CreatorShared::default() }) })
+        let growth_reserve = AtomicU64::new(config.growth_reserve);
+        Arc::new(FrameMemoryCreator {
+            shared: Arc::new(CreatorShared { config, growth_reserve, ..CreatorShared::default() }),
+        })
     }
 
     /// Identifies this creator (and its clones' shared state) to the
@@ -237,6 +256,17 @@ impl FrameMemoryCreator {
     /// The configuration this creator was made with.
     pub fn config(&self) -> &CreatorConfig {
         &self.shared.config
+    }
+
+    /// The growth reserve in force (see [`CreatorConfig::growth_reserve`]):
+    /// the configured one, or the last engine's `memory_reservation_for_growth`
+    /// copied by [`crate::engine`].
+    pub fn growth_reserve(&self) -> u64 {
+        self.shared.growth_reserve.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_growth_reserve(&self, bytes: u64) {
+        self.shared.growth_reserve.store(bytes, Ordering::Relaxed);
     }
 
     /// Counters of what this creator did so far.
@@ -335,8 +365,9 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
     ) -> std::result::Result<Box<dyn LinearMemory>, String> {
         // usize -> u64 is lossless on every target wasmtime supports.
         let reserved = reserved_size_in_bytes.map_or(self.shared.config.default_reservation, |r| r as u64);
+        let growth_reserve = self.shared.growth_reserve.load(Ordering::Relaxed);
         let key = slot_key(
-            &self.shared.config,
+            &CreatorConfig { growth_reserve, ..self.shared.config },
             minimum as u64,
             maximum.map(|m| m as u64),
             reserved,

@@ -43,6 +43,31 @@ pub enum Error {
         /// The address looked up.
         base: usize,
     },
+    /// The memory is poisoned: host code (a wasmtime libcall such as
+    /// `memory.fill`, a WASI call, `Memory::data`) touched pages of it that
+    /// were inaccessible, and the hole guard replaced them with private zero
+    /// pages (see ARCHITECTURE.md, "the hole guard"). Its mappings are no
+    /// longer changed: guest memory control traps with this error, and host
+    /// handles refuse changes; reports, reads and writes still work. The
+    /// memory is never recycled.
+    #[error("the memory at {base:#x} is poisoned: host code touched {pages} inaccessible page(s) of it")]
+    Poisoned {
+        /// The memory's base address.
+        base: usize,
+        /// Pages the hole guard replaced.
+        pages: u64,
+    },
+    /// A wasmtime setting voids framemap's guarantees (see [`crate::engine`]).
+    #[error("{setting} cannot be used with framemap: {reason}")]
+    Misconfigured {
+        /// The setting.
+        setting: &'static str,
+        /// What it would break.
+        reason: &'static str,
+    },
+    /// wasmtime refused to build the engine.
+    #[error("wasmtime could not build the engine: {0}")]
+    Engine(String),
     /// The bytes are not a module this engine can compile.
     #[error("invalid module: {0}")]
     InvalidModule(String),

@@ -25,6 +25,7 @@
 //! ```
 
 mod creator;
+mod engine;
 mod error;
 pub mod memctl;
 mod memory;
@@ -35,6 +36,7 @@ mod prepared;
 mod report;
 
 pub use creator::{CreatorConfig, CreatorStats, FrameMemoryCreator};
+pub use engine::engine;
 pub use error::{Error, Result};
 pub use prepared::{PreparedInstancePre, PreparedModule};
 pub use report::{FrameReport, MemoryHandle};
@@ -56,7 +58,12 @@ use std::sync::Arc;
 /// A memory whose minimum exceeds `memory_reservation` gets its minimum plus
 /// [`CreatorConfig::growth_reserve`] reserved, as wasmtime's own memories get
 /// their minimum plus `memory_reservation_for_growth` (which wasmtime does not
-/// pass to a creator: keep the two equal for identical growth behaviour).
+/// pass to a creator: [`engine`] copies it over; with `configure` alone, keep
+/// the two equal for identical growth behaviour).
+///
+/// Prefer [`engine`], which calls this after everything else the caller set
+/// and refuses the settings that void framemap's guarantees (the pooling
+/// allocator, traps without signal handlers).
 /// - `memory_may_move(false)` and `gc_heap_may_move(false)`: framemap memories
 ///   never move, and saying so lets compiled code keep the base pointer in a
 ///   register across growth.

@@ -80,11 +80,9 @@ impl Slot {
 }
 
 impl framemap::WindowHost for Slot {
-    fn revoke_windows(&self, buffer: BackingId) {
+    fn revoke_windows(&self, buffer: BackingId) -> framemap::Result<()> {
         // Idle slots too: a revoked buffer is unmapped everywhere.
-        // A failed unmap (ENOMEM) leaves the window on the buffer's
-        // still-valid file: memory-safe, and `validate` reports it.
-        let _ = self.lock().space.unmap_buffer(buffer);
+        self.lock().space.unmap_buffer(buffer)
     }
 }
 

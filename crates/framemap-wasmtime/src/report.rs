@@ -47,7 +47,7 @@ impl MemoryHandle {
         let space = state.serving(self.generation).ok_or_else(gone)?;
         space.reconcile().map_err(|source| Error::Report { base: self.base, source })?;
         let summary = space.summary().map_err(|source| Error::Report { base: self.base, source })?;
-        Ok(FrameReport { summary, runs: space.table().runs().collect() })
+        Ok(FrameReport { summary, runs: space.table().runs().collect(), poisoned_pages: space.poisoned_pages() })
     }
 
     /// The frame table's runs over the pages holding bytes `offset..offset +
@@ -82,34 +82,34 @@ impl MemoryHandle {
         let weak: Weak<Slot> = Arc::downgrade(&slot);
         let weak: Weak<dyn WindowHost> = weak;
         let grant = buffer.grant(weak).map_err(|source| Error::Window { base: self.base, source })?;
-        self.with_space(|space| space.map_buffer(offset, &grant, buffer_offset, len, prot))
+        self.change(|space| space.map_buffer(offset, &grant, buffer_offset, len, prot))
     }
 
     /// Maps `len` bytes of `image` from `image_offset` at guest offset
     /// `offset`, copy-on-write (see [`framemap::LinearSpace::map_image`]).
     pub fn map_image(&self, offset: u64, image: &Image, image_offset: u64, len: u64, prot: Protection) -> Result<()> {
-        self.with_space(|space| space.map_image(offset, image, image_offset, len, prot))
+        self.change(|space| space.map_image(offset, image, image_offset, len, prot))
     }
 
     /// Maps fresh zero pages at guest offset `offset`.
     pub fn map_zero(&self, offset: u64, len: u64, prot: Protection) -> Result<()> {
-        self.with_space(|space| space.map_zero(offset, len, prot))
+        self.change(|space| space.map_zero(offset, len, prot))
     }
 
     /// Unmaps guest pages: the guest traps on them until they are mapped
     /// again.
     pub fn unmap(&self, offset: u64, len: u64) -> Result<()> {
-        self.with_space(|space| space.unmap(offset, len))
+        self.change(|space| space.unmap(offset, len))
     }
 
     /// Sets the protection of guest pages, keeping their contents.
     pub fn protect(&self, offset: u64, len: u64, prot: Protection) -> Result<()> {
-        self.with_space(|space| space.protect(offset, len, prot))
+        self.change(|space| space.protect(offset, len, prot))
     }
 
     /// Discards the contents of guest pages (refused on shared frames).
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.with_space(|space| space.discard(offset, len))
+        self.change(|space| space.discard(offset, len))
     }
 
     /// Copies `buf.len()` bytes at guest offset `offset` out of the memory,
@@ -128,6 +128,13 @@ impl MemoryHandle {
         self.with_space(|space| space.write(offset, data))
     }
 
+    /// Pages of the memory that the hole guard replaced because host code
+    /// touched them while they were inaccessible (see [`Error::Poisoned`]):
+    /// non-zero means the memory is poisoned.
+    pub fn poisoned_pages(&self) -> Result<u64> {
+        self.with_space(|space| Ok(space.poisoned_pages()))
+    }
+
     fn with_space<T>(&self, f: impl FnOnce(&mut LinearSpace) -> framemap::Result<T>) -> Result<T> {
         let gone = || Error::NotFramemap { base: self.base };
         let slot = self.slot.upgrade().ok_or_else(gone)?;
@@ -136,16 +143,29 @@ impl MemoryHandle {
         f(space).map_err(|source| Error::Window { base: self.base, source })
     }
 
-    /// Checks the memory's frame table against the kernel's mappings.
+    /// Runs a change of mappings, refused on a poisoned memory.
+    fn change(&self, f: impl FnOnce(&mut LinearSpace) -> framemap::Result<()>) -> Result<()> {
+        let gone = || Error::NotFramemap { base: self.base };
+        let slot = self.slot.upgrade().ok_or_else(gone)?;
+        let mut state = slot.lock();
+        let space = state.serving(self.generation).ok_or_else(gone)?;
+        match space.poisoned_pages() {
+            0 => f(space).map_err(|source| Error::Window { base: self.base, source }),
+            pages => Err(Error::Poisoned { base: self.base, pages }),
+        }
+    }
+
+    /// Checks the memory's frame table against the kernel's mappings, after
+    /// folding in what the SIGBUS guard and the hole guard did (see
+    /// [`LinearSpace::reconcile`]).
     pub fn validate(&self) -> Result<()> {
         let gone = || Error::NotFramemap { base: self.base };
         let slot = self.slot.upgrade().ok_or_else(gone)?;
         let mut state = slot.lock();
-        state
-            .serving(self.generation)
-            .ok_or_else(gone)?
-            .validate()
-            .map_err(|source| Error::Report { base: self.base, source })
+        let space = state.serving(self.generation).ok_or_else(gone)?;
+        let report = |source| Error::Report { base: self.base, source };
+        space.reconcile().map_err(report)?;
+        space.validate().map_err(report)
     }
 }
 
@@ -156,10 +176,17 @@ pub struct FrameReport {
     pub summary: SpaceSummary,
     /// Every run of the table, in page order (page indices from the base).
     pub runs: Vec<(PageRange, Frame)>,
+    /// Pages the hole guard replaced: non-zero means the memory is poisoned
+    /// (see [`Error::Poisoned`]).
+    pub poisoned_pages: u64,
 }
 
 impl fmt::Display for FrameReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.summary)
+        write!(f, "{}", self.summary)?;
+        if self.poisoned_pages > 0 {
+            writeln!(f, "poisoned: host code touched {} inaccessible page(s)", self.poisoned_pages)?;
+        }
+        Ok(())
     }
 }

@@ -376,7 +376,7 @@ fn rejected_calls_trap_with_their_rule_and_change_nothing() {
     };
     assert!(memctl.revoke_handle(handles.taken_back).is_some());
     assert!(memctl.revoke_handle(handles.taken_back).is_none());
-    memctl.granted(handles.revoked).unwrap().0.revoke();
+    memctl.granted(handles.revoked).unwrap().0.revoke().unwrap();
     // Layout: page 0 mapped (data), page 1 unmapped, page 2 a read-only
     // window, page 3 mapped.
     g.unmap(PAGE, 2 * PAGE).unwrap();
@@ -416,7 +416,7 @@ fn revoking_a_mapped_buffer_makes_its_window_trap() {
     g.unmap(PAGE, PAGE).unwrap();
     g.map_buffer(PAGE, PAGE, R, handle, 0).unwrap();
     assert_eq!(g.load(PAGE).unwrap(), 1);
-    buffer.revoke();
+    buffer.revoke().unwrap();
     out_of_bounds(g.load(PAGE).unwrap_err());
     let error = g.map_buffer(PAGE, PAGE, R, handle, 0).unwrap_err();
     assert!(matches!(memctl_error(&error), Error::BufferRevoked { .. }), "{error:?}");

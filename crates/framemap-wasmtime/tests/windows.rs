@@ -89,8 +89,8 @@ fn guests_read_whole_pages_while_the_host_remaps_then_trap_on_revocation() {
         }
         let scans_while_remapping = counter(&shared, 16);
         handle.validate().unwrap();
-        a.revoke();
-        b.revoke();
+        a.revoke().unwrap();
+        b.revoke().unwrap();
         let errors: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
         (scans_while_remapping, errors)
     });
@@ -146,7 +146,7 @@ fn window_requests_on_a_live_memory_are_checked() {
     assert!(handle.write(page, &[1]).is_err(), "a read-only window");
     handle.write(2 * page + 3, &[9]).unwrap();
     assert_eq!(peek.call(&mut store, 2 * page as i32 + 3).unwrap(), 9);
-    buffer.revoke();
+    buffer.revoke().unwrap();
     assert!(peek.call(&mut store, page as i32).is_err(), "a revoked window traps");
     assert!(handle.read(page, &mut word).is_err(), "the host is refused where the guest traps");
     assert!(handle.read(65536 - 4, &mut word).is_err(), "past the memory's size");

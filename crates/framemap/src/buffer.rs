@@ -34,8 +34,10 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 /// The owner of a memory that may map windows of buffers: what
 /// [`SharedBuffer::revoke`] calls to unmap the windows of that buffer.
 pub trait WindowHost: Send + Sync {
-    /// Unmaps every window of buffer `buffer` (make them `Unmapped`).
-    fn revoke_windows(&self, buffer: BackingId);
+    /// Unmaps every window of buffer `buffer` (make them `Unmapped`). An
+    /// error means a window may have survived (see
+    /// [`crate::LinearSpace::unmap_buffer`]).
+    fn revoke_windows(&self, buffer: BackingId) -> Result<()>;
 }
 
 /// A host buffer that guests can map as `Shared` frames: their writes reach
@@ -305,19 +307,33 @@ impl SharedBuffer {
     /// Revokes the buffer: every window of it in every memory becomes
     /// `Unmapped` (a guest touching one traps), the host view goes away, and
     /// no new window can be made. Returns how many memories had to be told.
-    pub fn revoke(&self) -> usize {
+    ///
+    /// Every memory is told, even after one fails. Fails with
+    /// [`Error::Revocation`] if some memory could not unmap every window
+    /// (the error names how many and the first failure): only then may a
+    /// window have survived, and the host must not hand the buffer's pages
+    /// to anyone else. A kernel failure while unmapping does not leave a
+    /// window: the range is re-covered as `Unmapped` or the process aborts
+    /// (ARCHITECTURE.md, invariant 6).
+    pub fn revoke(&self) -> Result<usize> {
         let hosts = {
             let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
             self.inner.revoked.store(true, Ordering::Release);
             std::mem::take(&mut *hosts)
         };
-        let mut told = 0;
+        let (mut told, mut failed, mut first) = (0, 0, None);
         for host in hosts.iter().filter_map(Weak::upgrade) {
-            host.revoke_windows(self.id());
+            if let Err(e) = host.revoke_windows(self.id()) {
+                failed += 1;
+                first.get_or_insert(e);
+            }
             told += 1;
         }
         *self.inner.view.write().unwrap_or_else(|p| p.into_inner()) = None;
-        told
+        match first {
+            None => Ok(told),
+            Some(source) => Err(Error::Revocation { id: self.id().0, failed, told, source: Box::new(source) }),
+        }
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the buffer. Guests may be
@@ -387,10 +403,7 @@ impl SharedBuffer {
 }
 
 impl WindowHost for Mutex<crate::LinearSpace> {
-    fn revoke_windows(&self, buffer: BackingId) {
-        let mut space = self.lock().unwrap_or_else(|p| p.into_inner());
-        // Failing to unmap (ENOMEM) leaves the window mapped to the buffer's
-        // still-valid file: memory-safe, and reported by `validate`.
-        let _ = space.unmap_buffer(buffer);
+    fn revoke_windows(&self, buffer: BackingId) -> Result<()> {
+        self.lock().unwrap_or_else(|p| p.into_inner()).unmap_buffer(buffer)
     }
 }

@@ -142,6 +142,36 @@ pub enum Error {
         /// The backing's id.
         id: u64,
     },
+    /// The hole guard's registry holds as many memories as it can: no more
+    /// linear spaces can be made until some are dropped.
+    #[error("the hole guard already guards {capacity} memories")]
+    HoleGuardFull {
+        /// How many memories the guard holds.
+        capacity: usize,
+    },
+    /// The change would leave the space's frame table with more runs (each
+    /// at least one kernel mapping) than its budget allows (see
+    /// [`crate::LinearSpace::set_run_budget`]).
+    #[error("the change would need {runs} runs, over the memory's budget of {budget}")]
+    RunBudget {
+        /// Runs the table would hold.
+        runs: usize,
+        /// The budget.
+        budget: usize,
+    },
+    /// Revoking a buffer failed in some memories: a window of it may have
+    /// survived there.
+    #[error("revoking buffer #{id}: {failed} of {told} memories may keep a window: {source}")]
+    Revocation {
+        /// The buffer.
+        id: u64,
+        /// Memories whose windows could not all be unmapped.
+        failed: usize,
+        /// Memories told.
+        told: usize,
+        /// The first failure.
+        source: Box<Error>,
+    },
     /// A system call failed.
     #[error("{syscall} failed on {start:#x}..{end:#x}: {source}")]
     Kernel {

@@ -45,11 +45,45 @@ pub use space::{LinearSpace, ResetPolicy, ResetReport, SpaceConfig};
 pub use summary::{SpaceSummary, human_bytes};
 pub use table::FrameTable;
 
+/// Fault injection for tests (feature `fault-injection`): fail the N-th
+/// system call a thread makes on a memory, to show that no kernel failure
+/// leaves the frame table lying. Never enable it outside tests.
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection {
+    pub use crate::sys::inject::{disarm, fail_nth, fired};
+}
+
+/// Test support: decides whether a test of a kernel feature runs.
+#[doc(hidden)]
+pub mod testing {
+    /// Whether a test that needs `feature` (named for people, e.g.
+    /// "PAGEMAP_SCAN") can run: `present` says whether this machine has it.
+    /// When it does not, the test skips, unless the environment variable
+    /// `require` (e.g. `FRAMEMAP_REQUIRE_PAGEMAP_SCAN`) is set, which makes
+    /// the absence a failure (CI sets it for what its machine has).
+    pub fn feature_present(present: bool, feature: &str, require: &str) -> bool {
+        if present {
+            return true;
+        }
+        assert!(std::env::var_os(require).is_none(), "{require} is set, but this machine has no {feature}");
+        eprintln!("no {feature} here: this test skips (set {require} to make that a failure)");
+        false
+    }
+}
+
 /// Whether the SIGBUS guard is installed in this process: it is, from the
 /// first buffer over a file framemap could not seal (see
 /// [`SharedBuffer::from_fd`]) on.
 pub fn sigbus_guard_installed() -> bool {
     sys::sigbus::installed()
+}
+
+/// Whether the hole guard (the SIGSEGV handler that keeps host code touching
+/// an inaccessible page of a memory from killing the process; see
+/// [`LinearSpace::poisoned_pages`]) is installed: it is, from the first
+/// [`LinearSpace`] on.
+pub fn hole_guard_installed() -> bool {
+    sys::hole_guard::installed()
 }
 
 /// Whether this kernel supports `PAGEMAP_SCAN` (Linux 6.7+), which makes

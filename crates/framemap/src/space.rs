@@ -25,8 +25,36 @@
 //!    runs into `Unmapped` frames; until then `validate` and `summary` read
 //!    them as `Unmapped`, and host reads and writes refuse them.
 //!
+//! 7. Every space is registered with the hole guard (`sys::hole_guard`) for
+//!    its whole life, with the end of its accessible pages. Host code (not
+//!    wasm code) faulting on an inaccessible page there gets that page
+//!    replaced by a private read-write zero page behind the table's back: the
+//!    space is *poisoned* ([`LinearSpace::poisoned_pages`]).
+//!    [`LinearSpace::reconcile`] turns such pages into read-write `Zero`
+//!    frames; until then `validate` reports them as divergences.
+//!
+//! 8. A kernel failure never leaves the table lying. A failed replacement
+//!    (`mmap`) re-covers its whole range with fresh `PROT_NONE` anonymous
+//!    memory and makes it `Unmapped` in the table (the process aborts if
+//!    even that fails twice: the two could then only disagree); a failed
+//!    `mprotect`, which may stop half-way over several mappings, gives every
+//!    run its table protection back (a run that cannot be restored is
+//!    re-covered as `Unmapped`).
+//!
+//! 9. The table never holds more runs than the space's run budget
+//!    ([`LinearSpace::set_run_budget`]): each run is at least one kernel
+//!    mapping, and mappings are a per-process resource (`vm.max_map_count`,
+//!    65 530 by default) that one memory must not exhaust for all. A change
+//!    that would exceed it is refused ([`Error::RunBudget`]) before any
+//!    kernel call.
+//!
 //! Public operations validate their whole argument before any kernel call, so
-//! a rejected call changes nothing.
+//! a rejected call changes nothing. A call that fails in the kernel returns
+//! the error with the table true to the kernel (invariant 8): a failed
+//! `protect` changed nothing; a failed mapping change leaves its range
+//! `Unmapped`; operations made of several steps (`discard`, `unmap_buffer`,
+//! `restore_layout`, `reset`) keep the steps done before the failure, each
+//! of which is a complete change.
 
 use crate::buffer::{BufferGrant, SharedBuffer};
 use crate::error::{Error, Result};
@@ -35,7 +63,7 @@ use crate::image::Image;
 use crate::page::PageRange;
 use crate::reservation::Reservation;
 use crate::summary::SpaceSummary;
-use crate::sys::{maps, mman, pagemap, sigbus, uffd};
+use crate::sys::{hole_guard, maps, mman, pagemap, sigbus, uffd};
 use crate::table::FrameTable;
 use rustc_hash::FxHashMap as HashMap;
 use std::ptr::NonNull;
@@ -121,6 +149,12 @@ pub struct LinearSpace {
     last_dirty: Vec<PageRange>,
     /// Write tracking (see [`LinearSpace::zero_dirty`]).
     tracking: Tracking,
+    /// This space's entry in the hole guard (invariant 7).
+    hole_guard: hole_guard::GuardId,
+    /// Pages the hole guard had replaced at the last [`LinearSpace::reconcile`].
+    sunk_seen: u64,
+    /// Most runs the table may hold (invariant 9).
+    run_budget: usize,
 }
 
 impl LinearSpace {
@@ -149,6 +183,15 @@ impl LinearSpace {
             });
         }
         let reservation = Reservation::new(total as usize)?;
+        hole_guard::install().map_err(|source| Error::Kernel {
+            syscall: "sigaction(SIGSEGV)",
+            start: 0,
+            end: total,
+            source,
+        })?;
+        let base = reservation.base().as_ptr() as usize;
+        let hole_guard =
+            hole_guard::register(base, base).ok_or(Error::HoleGuardFull { capacity: hole_guard::CAPACITY })?;
         let mut space = LinearSpace {
             reservation,
             table: FrameTable::new(total / page, Frame::UNMAPPED),
@@ -161,6 +204,9 @@ impl LinearSpace {
             backing_pages: HashMap::default(),
             last_dirty: Vec::new(),
             tracking: Tracking::default(),
+            hole_guard,
+            sunk_seen: 0,
+            run_budget: usize::MAX,
         };
         space.grow_to(config.initial_len)?;
         Ok(space)
@@ -219,6 +265,7 @@ impl LinearSpace {
         let new = PageRange::new(old.end, new_len.div_ceil(self.page));
         self.commit(new, Change::Map(Frame::zero(Protection::ReadWrite)))?;
         self.len = new_len;
+        self.guard_accessible_pages(new.end);
         Ok(())
     }
 
@@ -298,7 +345,11 @@ impl LinearSpace {
         self.commit(range, Change::Map(Frame::UNMAPPED))
     }
 
-    /// Unmaps every window of buffer `id` (revocation).
+    /// Unmaps every window of buffer `id` (revocation). Every window is
+    /// tried, even after one fails, and the first failure is returned. A
+    /// kernel failure still leaves the window `Unmapped` (invariant 8); a
+    /// window survives only if the SIGBUS guard's registry is full
+    /// ([`Error::GuardFull`]).
     pub fn unmap_buffer(&mut self, id: BackingId) -> Result<()> {
         let windows: Vec<_> = self
             .table
@@ -306,10 +357,14 @@ impl LinearSpace {
             .filter(|(_, f)| matches!(f.kind(), FrameKind::Shared { buffer, .. } if buffer == id))
             .map(|(run, _)| run)
             .collect();
+        let mut first = None;
         for run in windows {
-            self.commit(run, Change::Map(Frame::UNMAPPED))?;
+            // Not `commit`: a failing reconcile must not keep a window.
+            if let Err(e) = self.apply(run, Change::Map(Frame::UNMAPPED)) {
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Discards the contents of the page-aligned range `offset..offset + len`:
@@ -694,6 +749,10 @@ impl LinearSpace {
         let old = self.accessible_pages();
         let new = PageRange::new(0, len.div_ceil(self.page));
         let image_pages = PageRange::new(0, image_len / self.page);
+        if new.end < old.end {
+            // Before the pages go: the hole guard must not touch them after.
+            self.guard_accessible_pages(new.end);
+        }
         self.commit(PageRange::new(new.end, old.end), Change::Map(Frame::UNMAPPED))?;
         if let Some(image) = image {
             self.images.entry(image.id()).or_insert_with(|| image.clone());
@@ -716,6 +775,7 @@ impl LinearSpace {
             }
         }
         self.len = len;
+        self.guard_accessible_pages(new.end);
         if image.is_none_or(|i| !self.backing_pages.contains_key(&i.id())) {
             // `restore_layout` attached an image no page ended up naming.
             self.images.retain(|id, _| self.backing_pages.contains_key(id));
@@ -842,14 +902,56 @@ impl LinearSpace {
         Ok(summary)
     }
 
-    /// The one place mappings change (module invariants 1-3 and 6): folds
-    /// in the SIGBUS guard's demotions first, then applies `change`.
+    /// The one place mappings change (module invariants 1-3, 6 and 9): folds
+    /// in what the guards did first, checks the run budget, then applies
+    /// `change`.
     fn commit(&mut self, range: PageRange, change: Change) -> Result<()> {
         if range.is_empty() {
             return Ok(());
         }
         self.reconcile()?;
+        self.check_run_budget(range, change)?;
         self.apply(range, change)
+    }
+
+    /// Sets the most runs this space's frame table may hold (module
+    /// invariant 9); changes that would exceed it fail with
+    /// [`Error::RunBudget`]. Unlimited by default. A budget below the runs
+    /// held now refuses every change that does not reduce them.
+    pub fn set_run_budget(&mut self, runs: usize) {
+        self.run_budget = runs;
+    }
+
+    /// The run budget (see [`LinearSpace::set_run_budget`]).
+    pub fn run_budget(&self) -> usize {
+        self.run_budget
+    }
+
+    /// Refuses `change` if the table would then hold more runs than the
+    /// budget allows (and more than it holds now). A change adds at most two
+    /// runs (it splits at most the runs at its two ends), so the exact count
+    /// is only worked out near the budget.
+    fn check_run_budget(&self, range: PageRange, change: Change) -> Result<()> {
+        let now = self.table.run_count();
+        if now.saturating_add(2) <= self.run_budget {
+            return Ok(());
+        }
+        let after = match change {
+            Change::Map(frame) => self.table.run_count_after_set(range, frame),
+            Change::Protect(prot) => {
+                let mut table = self.table.clone();
+                for (run, frame) in self.table.runs_in(range) {
+                    if let Some(frame) = frame.with_prot(prot) {
+                        table.set(run, frame);
+                    }
+                }
+                table.run_count()
+            }
+        };
+        if after > self.run_budget && after > now {
+            return Err(Error::RunBudget { runs: after, budget: self.run_budget });
+        }
+        Ok(())
     }
 
     /// Turns the windows the SIGBUS guard demoted into `Unmapped` frames.
@@ -862,7 +964,12 @@ impl LinearSpace {
     /// counts (it is let go once no page names it). Every change to the
     /// space runs it first; [`LinearSpace::validate`] and
     /// [`LinearSpace::summary`] read demoted runs as `Unmapped` without it.
-    /// Returns the pages turned `Unmapped`.
+    ///
+    /// Then it folds in what the hole guard did (module invariant 7): pages
+    /// it replaced with private read-write zero pages become read-write
+    /// `Zero` frames.
+    ///
+    /// Returns the pages whose frames changed.
     pub fn reconcile(&mut self) -> Result<u64> {
         let base = self.base().as_ptr() as usize;
         let mut pages = 0;
@@ -871,18 +978,64 @@ impl LinearSpace {
             self.apply(run, Change::Map(Frame::UNMAPPED))?;
             pages += run.len();
         }
+        Ok(pages + self.adopt_sunk_pages()?)
+    }
+
+    /// Pages the hole guard replaced in this space since it was made: pages
+    /// that host code (a wasmtime libcall, a WASI call, `Memory::data`)
+    /// touched while they were inaccessible. Non-zero means the memory is
+    /// poisoned: those pages' contents are lost (they read zero, or what
+    /// host code wrote to them since), and [`LinearSpace::reconcile`] makes
+    /// them read-write `Zero` frames.
+    pub fn poisoned_pages(&self) -> u64 {
+        hole_guard::sunk_pages(self.hole_guard)
+    }
+
+    /// Tells the hole guard where the accessible pages end.
+    fn guard_accessible_pages(&self, end: u64) {
+        hole_guard::set_end(self.hole_guard, self.addr_of(end) as usize);
+    }
+
+    /// Makes the table say what the hole guard did (invariant 7): every page
+    /// the kernel has as private read-write anonymous memory where the table
+    /// says otherwise becomes a read-write `Zero` frame. Returns those pages.
+    fn adopt_sunk_pages(&mut self) -> Result<u64> {
+        let sunk = self.poisoned_pages();
+        if sunk == self.sunk_seen {
+            return Ok(0);
+        }
+        let base = self.base().as_ptr() as usize;
+        let end = self.addr_of(self.accessible_pages().end) as usize;
+        let vmas = maps::vmas_in(base, end).map_err(|source| Error::Kernel {
+            syscall: "read /proc/self/maps",
+            start: 0,
+            end: (end - base) as u64,
+            source,
+        })?;
+        let rw = Frame::zero(Protection::ReadWrite);
+        let mut adopt = Vec::new();
+        for vma in vmas.iter().filter(|v| v.inode == 0 && &v.perms == b"rw-p") {
+            let pages = PageRange::new(self.page_of(vma.start.max(base)), self.page_of(vma.end.min(end)));
+            adopt.extend(self.table.runs_in(pages).filter(|&(run, f)| f != rw.advanced(run.start)).map(|(r, _)| r));
+        }
+        let mut pages = 0;
+        for run in adopt {
+            // The kernel has private read-write pages there: mapping fresh
+            // zero pages over them changes what they read (nothing worth
+            // keeping) and makes the table exact.
+            self.apply(run, Change::Map(rw))?;
+            pages += run.len();
+        }
+        self.sunk_seen = sunk;
         Ok(pages)
     }
 
     /// Applies `change` to `range` in the kernel and the table.
     fn apply(&mut self, range: PageRange, change: Change) -> Result<()> {
         let (addr, len) = (self.addr_of(range.start), (range.len() * self.page) as usize);
-        let kernel = |syscall, source| Error::Kernel {
-            syscall,
-            start: range.start * self.page,
-            end: range.end * self.page,
-            source,
-        };
+        let page = self.page;
+        let kernel =
+            move |syscall, source| Error::Kernel { syscall, start: range.start * page, end: range.end * page, source };
         match change {
             Change::Map(frame) => {
                 // New mappings are not registered for write tracking yet
@@ -910,15 +1063,18 @@ impl LinearSpace {
                     }
                     _ => None,
                 };
-                if let Err(e) = self.map_frames(range, frame) {
-                    if let Some(slot) = slot {
-                        sigbus::unguard(slot);
+                let mapped = self.map_frames(range, frame).and_then(|()| {
+                    for (s, e) in sigbus::unguard_windows(ticket.as_mut(), start, end, slot) {
+                        let part = PageRange::new(self.page_of(s), self.page_of(e));
+                        self.map_frames(part, frame.advanced(part.start - range.start))?;
                     }
+                    Ok(())
+                });
+                if let Err(e) = mapped {
+                    // The kernel may have replaced part of the range, or
+                    // left a hole (invariant 8).
+                    self.recover_unmapped(range, ticket.as_mut());
                     return Err(e);
-                }
-                for (s, e) in sigbus::unguard_windows(ticket.as_mut(), start, end, slot) {
-                    let part = PageRange::new(self.page_of(s), self.page_of(e));
-                    self.map_frames(part, frame.advanced(part.start - range.start))?;
                 }
                 self.count_backings(range, frame);
                 self.table.set(range, frame);
@@ -932,7 +1088,10 @@ impl LinearSpace {
                         return Err(self.wrong_frames("protect", FrameTag::Unmapped, range));
                     }
                     // SAFETY: as above; every page in the range is mapped.
-                    unsafe { mman::protect(addr, len, prot) }.map_err(|e| kernel("mprotect", e))?;
+                    if let Err(e) = unsafe { mman::protect(addr, len, prot) } {
+                        self.restore_protections(range);
+                        return Err(kernel("mprotect", e));
+                    }
                     if frame.prot() != prot
                         && let Some(frame) = frame.with_prot(prot)
                     {
@@ -945,7 +1104,11 @@ impl LinearSpace {
                     return Err(self.wrong_frames("protect", FrameTag::Unmapped, run));
                 }
                 // SAFETY: as above; every page in the range is mapped.
-                unsafe { mman::protect(addr, len, prot) }.map_err(|e| kernel("mprotect", e))?;
+                if let Err(e) = unsafe { mman::protect(addr, len, prot) } {
+                    // One mprotect over several mappings may stop half-way.
+                    self.restore_protections(range);
+                    return Err(kernel("mprotect", e));
+                }
                 for (run, frame) in runs {
                     if frame.prot() != prot
                         && let Some(frame) = frame.with_prot(prot)
@@ -956,6 +1119,43 @@ impl LinearSpace {
             }
         }
         Ok(())
+    }
+
+    /// After a failed replacement of `range` (invariant 8): re-covers the
+    /// whole range with fresh `PROT_NONE` anonymous memory and makes the
+    /// table say `Unmapped` there, releasing the windows the SIGBUS guard
+    /// held in it. If even that fails twice, the kernel and the table could
+    /// only disagree, and the process aborts.
+    fn recover_unmapped(&mut self, range: PageRange, ticket: Option<&mut sigbus::Ticket>) {
+        let (addr, len) = (self.addr_of(range.start), (range.len() * self.page) as usize);
+        // SAFETY: `range` lies inside the reservation this space owns; no
+        // Rust reference points into guest memory.
+        let covered = (0..2).any(|_| unsafe { mman::replace_with_zero(addr, len, Protection::None) }.is_ok());
+        if !covered {
+            std::process::abort();
+        }
+        let start = addr as usize;
+        // Windows the handler demoted meanwhile are `PROT_NONE` anonymous
+        // memory too: nothing to redo.
+        sigbus::unguard_windows(ticket, start, start + len, None);
+        self.tracking.registered = None;
+        self.count_backings(range, Frame::UNMAPPED);
+        self.table.set(range, Frame::UNMAPPED);
+    }
+
+    /// After a failed `mprotect` of `range` (invariant 8): gives every run
+    /// its table protection back, one call per run; a run that cannot be
+    /// restored is re-covered as `Unmapped` instead.
+    fn restore_protections(&mut self, range: PageRange) {
+        let runs: Vec<_> = self.table.runs_in(range).collect();
+        for (run, frame) in runs {
+            let (addr, len) = (self.addr_of(run.start), (run.len() * self.page) as usize);
+            // SAFETY: as in `apply`; this sets the protection the table
+            // already records for these pages.
+            if unsafe { mman::protect(addr, len, frame.prot()) }.is_err() {
+                self.recover_unmapped(run, None);
+            }
+        }
     }
 
     /// Replaces `range` with `frame` (advanced page by page) in the kernel
@@ -1179,9 +1379,10 @@ impl LinearSpace {
 }
 
 impl Drop for LinearSpace {
-    /// Releases the space's guarded windows (invariant 6) before the
-    /// reservation is unmapped.
+    /// Releases the space's guarded windows (invariant 6) and its hole guard
+    /// entry (invariant 7) before the reservation is unmapped.
     fn drop(&mut self) {
+        hole_guard::unregister(self.hole_guard);
         let base = self.base().as_ptr() as usize;
         sigbus::unguard_windows(None, base, base + self.total() as usize, None);
     }

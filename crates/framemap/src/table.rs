@@ -108,6 +108,29 @@ impl FrameTable {
         }
     }
 
+    /// How many runs the table would have after [`FrameTable::set`]`(range,
+    /// frame)`, computed without changing it: O(log n + runs in `range`).
+    pub fn run_count_after_set(&self, range: PageRange, frame: Frame) -> usize {
+        let range = range.intersect(PageRange::new(0, self.pages));
+        let count = self.run_count();
+        if range.is_empty() {
+            return count;
+        }
+        let replaced = self.runs_in(range).count();
+        let head = self.run_containing(range.start).is_some_and(|(run, _)| run.start < range.start);
+        let tail = self.run_containing(range.end - 1).is_some_and(|(run, _)| run.end > range.end);
+        let merges_left = range.start > 0
+            && self
+                .run_containing(range.start - 1)
+                .is_some_and(|(run, f)| f.advanced(range.start - run.start) == frame);
+        let merges_right = self
+            .run_containing(range.end)
+            .is_some_and(|(run, f)| f.advanced(range.end - run.start) == frame.advanced(range.len()));
+        count - replaced + 1 + usize::from(head) + usize::from(tail)
+            - usize::from(merges_left)
+            - usize::from(merges_right)
+    }
+
     /// [`FrameTable::set`] for the common case of a (non-empty, clipped)
     /// range inside one run, in a few map operations instead of a general
     /// split, clear and merge; false (nothing done) for any other range.
@@ -207,6 +230,25 @@ mod tests {
             }
         }
         pages
+    }
+
+    #[test]
+    fn run_count_after_set_predicts_set() {
+        let mut t = FrameTable::new(64, Frame::UNMAPPED);
+        let frames = [RW, RO, Frame::UNMAPPED, Frame::image(BackingId(7), 0, Protection::Read)];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let start = x % 64;
+            let len = (x >> 8) % 9;
+            let frame = frames[((x >> 16) % 4) as usize].advanced((x >> 20) % 3);
+            let range = PageRange::new(start, start + len);
+            let predicted = t.run_count_after_set(range, frame);
+            t.set(range, frame);
+            assert_eq!(t.run_count(), predicted, "step {step}: set({range:?}, {frame:?})");
+        }
     }
 
     #[test]

@@ -265,7 +265,11 @@ fn hot_pages_are_copied_every_time_and_released_when_they_go_cold() {
         assert_eq!(report.dirty, 3 * p);
         assert_eq!(contents(&space, 64 * p), bytes);
     }
-    if !framemap::write_tracking_supported() {
+    if !framemap::testing::feature_present(
+        framemap::write_tracking_supported(),
+        "write tracking (PAGEMAP_SCAN and userfaultfd write-protection)",
+        "FRAMEMAP_REQUIRE_UFFD_WP",
+    ) {
         return;
     }
     // No more writes: the hot pages are protected again within the period
@@ -293,7 +297,11 @@ fn a_set_that_stays_hot_is_protected_ever_more_rarely_and_released_when_cold() {
         }
     }
     assert_eq!(contents(&space, 64 * p), bytes);
-    if !framemap::write_tracking_supported() {
+    if !framemap::testing::feature_present(
+        framemap::write_tracking_supported(),
+        "write tracking (PAGEMAP_SCAN and userfaultfd write-protection)",
+        "FRAMEMAP_REQUIRE_UFFD_WP",
+    ) {
         assert!(protected_at.is_empty());
         return;
     }

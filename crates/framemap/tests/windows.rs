@@ -65,7 +65,7 @@ fn revocation_unmaps_every_window_in_every_memory() {
     buffer.write(p, b"shared").unwrap();
     assert_eq!(read(&b.lock().unwrap(), 4 * p, 6), b"shared");
 
-    assert_eq!(buffer.revoke(), 2);
+    assert_eq!(buffer.revoke().unwrap(), 2);
     for (space, window) in [(&a, PageRange::new(1, 3)), (&b, PageRange::new(4, 5))] {
         let s = space.lock().unwrap();
         s.validate().unwrap();

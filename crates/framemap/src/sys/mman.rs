@@ -45,6 +45,8 @@ pub(crate) fn reserve(len: usize) -> io::Result<NonNull<u8>> {
 /// `[addr, addr + len)` must lie inside a reservation owned by the caller,
 /// with no live Rust reference into it.
 pub(crate) unsafe fn replace_with_zero(addr: *mut u8, len: usize, prot: Protection) -> io::Result<()> {
+    // SAFETY: the caller owns the range (function contract).
+    super::inject::check().inspect_err(|_| unsafe { injected_map_damage(addr, len) })?;
     // SAFETY: the caller owns the range (function contract); MAP_FIXED over it
     // only replaces pages of that reservation.
     unsafe {
@@ -58,9 +60,25 @@ pub(crate) unsafe fn replace_with_zero(addr: *mut u8, len: usize, prot: Protecti
     Ok(())
 }
 
+/// What an injected failure of a replacement leaves (see
+/// [`super::inject`]): the worst a failed `mmap(MAP_FIXED)` can do is drop
+/// the old mapping; the range becomes inaccessible anonymous memory (not a
+/// real hole: another thread's mapping could land in one).
+///
+/// # Safety
+/// As [`replace_with_zero`].
+unsafe fn injected_map_damage(addr: *mut u8, len: usize) {
+    let flags = MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE;
+    // SAFETY: the caller owns the range (function contract).
+    let _ = unsafe { mm::mmap_anonymous(addr.cast::<c_void>(), len, ProtFlags::empty(), flags) };
+}
+
 /// Replaces `[addr, addr + len)` with the file's bytes from `offset`, in one
 /// `mmap(MAP_FIXED)`: `MAP_PRIVATE` (copy-on-write) unless `shared`, in which
-/// case writes reach the file.
+/// case writes reach the file. Private mappings are `MAP_NORESERVE`: like
+/// anonymous guest memory, their copied pages are not charged to the commit
+/// limit up front (a large image mapped whole would otherwise ask for its
+/// full length in accountable memory before the guest writes a byte).
 ///
 /// # Safety
 /// As [`replace_with_zero`]; and `[offset, offset + len)` must lie inside the
@@ -74,10 +92,13 @@ pub(crate) unsafe fn replace_with_file(
     offset: u64,
     shared: bool,
 ) -> io::Result<()> {
+    // SAFETY: the caller owns the range (function contract).
+    super::inject::check().inspect_err(|_| unsafe { injected_map_damage(addr, len) })?;
     let sharing = if shared { MapFlags::SHARED } else { MapFlags::PRIVATE };
+    let reserve = if shared { MapFlags::empty() } else { MapFlags::NORESERVE };
     // SAFETY: the caller owns the range and guarantees the file covers it and
     // cannot shrink (function contract); MAP_FIXED replaces only that range.
-    unsafe { mm::mmap(addr.cast::<c_void>(), len, prot_flags(prot), sharing | MapFlags::FIXED, fd, offset) }?;
+    unsafe { mm::mmap(addr.cast::<c_void>(), len, prot_flags(prot), sharing | reserve | MapFlags::FIXED, fd, offset) }?;
     Ok(())
 }
 
@@ -131,6 +152,14 @@ impl Drop for Mapping {
 /// # Safety
 /// As [`replace_with_zero`].
 pub(crate) unsafe fn protect(addr: *mut u8, len: usize, prot: Protection) -> io::Result<()> {
+    super::inject::check().inspect_err(|_| {
+        // A failed mprotect may have changed the first mappings already.
+        let page = page_size();
+        if len > page {
+            // SAFETY: the caller owns the range (function contract).
+            let _ = unsafe { mm::mprotect(addr.cast::<c_void>(), page, mprotect_flags(prot)) };
+        }
+    })?;
     // SAFETY: the caller owns the range (function contract).
     unsafe { mm::mprotect(addr.cast::<c_void>(), len, mprotect_flags(prot)) }?;
     Ok(())
@@ -142,6 +171,7 @@ pub(crate) unsafe fn protect(addr: *mut u8, len: usize, prot: Protection) -> io:
 /// # Safety
 /// As [`replace_with_zero`].
 pub(crate) unsafe fn discard(addr: *mut u8, len: usize) -> io::Result<()> {
+    super::inject::check()?;
     // SAFETY: the caller owns the range (function contract); dropping pages
     // does not change the mapping, only its contents.
     unsafe { mm::madvise(addr.cast::<c_void>(), len, Advice::LinuxDontNeed) }?;
@@ -155,6 +185,7 @@ pub(crate) unsafe fn discard(addr: *mut u8, len: usize) -> io::Result<()> {
 /// # Safety
 /// As [`replace_with_zero`]; the range must be mapped writable.
 pub(crate) unsafe fn populate_write(addr: *mut u8, len: usize) -> io::Result<()> {
+    super::inject::check()?;
     // SAFETY: the caller owns the writable range (function contract);
     // populating changes no byte's value.
     unsafe { mm::madvise(addr.cast::<c_void>(), len, Advice::LinuxPopulateWrite) }?;

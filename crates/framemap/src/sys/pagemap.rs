@@ -190,6 +190,7 @@ pub(crate) fn protect_dirty(start: usize, end: usize) -> io::Result<()> {
 }
 
 fn walk(start: usize, end: usize, query: Query, flags: u64, mut visit: impl FnMut(usize, usize)) -> io::Result<()> {
+    super::inject::check()?;
     const REGIONS: usize = 64;
     let (mask, inverted, anyof) = query.masks();
     let mut regions = [MaybeUninit::<PageRegion>::uninit(); REGIONS];

@@ -67,14 +67,15 @@
 //! calls, all async-signal-safe. Each slot's state word carries a generation, so a
 //! handler that read a slot being reused notices and looks again.
 
+use super::chain::{Chain, SavedErrno};
 use rustix::fd::{AsRawFd, BorrowedFd};
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::{c_int, c_void};
 use std::io;
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering, fence};
 
 /// How many ranges can be guarded at once in the process.
 pub(crate) const CAPACITY: usize = 4096;
@@ -407,17 +408,10 @@ pub(crate) fn forget_buffer(buffer: u64) {
 // ---------------------------------------------------------------------------
 // The handler.
 
-/// The action SIGBUS had before ours; valid once `PREVIOUS_READY` is set.
-struct Previous(UnsafeCell<MaybeUninit<libc::sigaction>>);
-// SAFETY: written once, by `install` under `INSTALLED`'s lock, before
-// `PREVIOUS_READY` is set; only read after that.
-unsafe impl Sync for Previous {}
-
-static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::zeroed()));
-static PREVIOUS_READY: AtomicBool = AtomicBool::new(false);
+/// SIGBUS's handler chain: the action installed before ours.
+static CHAIN: Chain = Chain::new(libc::SIGBUS);
 /// The host page size, for the handler (set by `install`).
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
-static INSTALLED: Mutex<bool> = Mutex::new(false);
 
 thread_local! {
     /// The address of this thread's last SIGBUS not acted on yet (every
@@ -427,52 +421,15 @@ thread_local! {
 }
 
 /// Installs the SIGBUS handler, once per process; the previous action is
-/// kept and chained to.
+/// saved first and chained to (see [`super::chain`]).
 pub(crate) fn install() -> io::Result<()> {
-    let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
-    if *installed {
-        return Ok(());
-    }
     PAGE.store(super::mman::page_size(), Ordering::Relaxed);
-    // SAFETY: an all-zero `sigaction` is a valid value (no handler, no
-    // flags, empty mask), filled in below.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_sigbus as *const () as usize;
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-    // SAFETY: `action.sa_mask` is a valid, writable signal set.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: `action` is a complete sigaction whose handler is async-signal-
-    // safe; PREVIOUS is written only here, under the lock, and the handler
-    // reads it only after PREVIOUS_READY is set below.
-    if unsafe { libc::sigaction(libc::SIGBUS, &action, PREVIOUS.0.get().cast()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    PREVIOUS_READY.store(true, Ordering::Release);
-    *installed = true;
-    Ok(())
+    CHAIN.install(on_sigbus)
 }
 
 /// Whether the handler is installed.
 pub(crate) fn installed() -> bool {
-    *INSTALLED.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Restores the interrupted code's `errno` (which `fstat` and `mmap` may
-/// overwrite) when the handler returns.
-struct SavedErrno(c_int);
-
-impl SavedErrno {
-    fn save() -> SavedErrno {
-        // SAFETY: __errno_location returns this thread's errno, always valid.
-        SavedErrno(unsafe { *libc::__errno_location() })
-    }
-}
-
-impl Drop for SavedErrno {
-    fn drop(&mut self) {
-        // SAFETY: as in `save`.
-        unsafe { *libc::__errno_location() = self.0 };
-    }
+    CHAIN.installed()
 }
 
 unsafe extern "C" fn on_sigbus(signum: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
@@ -499,7 +456,7 @@ unsafe extern "C" fn on_sigbus(signum: c_int, info: *mut libc::siginfo_t, contex
         }
     }
     // SAFETY: forwarding the arguments the kernel gave us.
-    unsafe { chain(signum, info, context) }
+    unsafe { CHAIN.forward(signum, info, context) }
 }
 
 /// What [`demote`] found at an address.
@@ -599,41 +556,4 @@ fn replace_with_anonymous(start: usize, len: usize, guard: Guard) -> bool {
     // truncated file's pages: no Rust value lives there.
     let ptr = unsafe { libc::mmap(start as *mut c_void, len, prot, flags, -1, 0) };
     ptr != libc::MAP_FAILED
-}
-
-/// Hands the signal to the action installed before ours.
-///
-/// # Safety
-/// The arguments must be those the kernel gave our handler.
-unsafe fn chain(signum: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
-    let previous = if PREVIOUS_READY.load(Ordering::Acquire) {
-        // SAFETY: PREVIOUS was fully written before PREVIOUS_READY was set,
-        // and is never written again.
-        unsafe { (*PREVIOUS.0.get()).assume_init() }
-    } else {
-        // The handler runs before `install` finished: treat it as SIG_DFL.
-        // SAFETY: all-zero is a valid sigaction, and SIG_DFL is 0.
-        unsafe { std::mem::zeroed() }
-    };
-    if previous.sa_sigaction == libc::SIG_DFL || previous.sa_sigaction == libc::SIG_IGN {
-        // SAFETY: restoring a disposition the process had; `previous` is a
-        // valid sigaction.
-        unsafe { libc::sigaction(signum, &previous, std::ptr::null_mut()) };
-        if previous.sa_sigaction == libc::SIG_DFL {
-            // SAFETY: raise is async-signal-safe; SA_NODEFER leaves the
-            // signal unblocked, so the default action (terminate) runs now.
-            unsafe { libc::raise(signum) };
-        }
-    } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: an SA_SIGINFO action's sa_sigaction is a three-argument
-        // handler, and we pass it the kernel's own arguments.
-        let handler = unsafe {
-            std::mem::transmute::<usize, extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)>(previous.sa_sigaction)
-        };
-        handler(signum, info, context);
-    } else {
-        // SAFETY: without SA_SIGINFO, sa_sigaction is a one-argument handler.
-        let handler = unsafe { std::mem::transmute::<usize, extern "C" fn(c_int)>(previous.sa_sigaction) };
-        handler(signum);
-    }
 }

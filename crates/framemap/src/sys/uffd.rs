@@ -183,6 +183,7 @@ pub(crate) fn supported() -> bool {
 /// The range must be page aligned and mapped by the caller, who owns it
 /// exclusively (as every range passed to `sys` functions is).
 pub(crate) unsafe fn register(addr: *mut u8, len: usize) -> io::Result<()> {
+    super::inject::check()?;
     let range = UffdioRegister { start: addr as u64, len: len as u64, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
     with_descriptor(|descriptor| {
         // SAFETY: see the `Ioctl` impl of `Register`; the range is the caller's.
@@ -235,8 +236,11 @@ mod tests {
 
     #[test]
     fn anonymous_pages_written_since_protection() {
-        if !supported() {
-            eprintln!("no asynchronous userfaultfd write-protection here: nothing to test");
+        if !crate::testing::feature_present(
+            supported(),
+            "asynchronous userfaultfd write-protection",
+            "FRAMEMAP_REQUIRE_UFFD_WP",
+        ) {
             return;
         }
         // SAFETY: replaces the test's own reservation.
@@ -247,8 +251,11 @@ mod tests {
 
     #[test]
     fn private_file_pages_written_since_protection() {
-        if !supported() {
-            eprintln!("no asynchronous userfaultfd write-protection here: nothing to test");
+        if !crate::testing::feature_present(
+            supported(),
+            "asynchronous userfaultfd write-protection",
+            "FRAMEMAP_REQUIRE_UFFD_WP",
+        ) {
             return;
         }
         let page = mman::page_size();
@@ -266,8 +273,11 @@ mod tests {
 
     #[test]
     fn unregistered_mappings_are_never_protected() {
-        if !supported() {
-            eprintln!("no asynchronous userfaultfd write-protection here: nothing to test");
+        if !crate::testing::feature_present(
+            supported(),
+            "asynchronous userfaultfd write-protection",
+            "FRAMEMAP_REQUIRE_UFFD_WP",
+        ) {
             return;
         }
         let page = mman::page_size();

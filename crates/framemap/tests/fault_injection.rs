@@ -1,0 +1,183 @@
+//! Kernel failures never leave the frame table lying (ARCHITECTURE.md,
+//! invariant 6; `LinearSpace` invariant 8): for every public operation that
+//! makes system calls, and for every N, the N-th call fails (`ENOMEM`,
+//! `EAGAIN`, `EINTR`), and the table must then equal `/proc/self/maps`, and
+//! the space must keep working.
+//!
+//! Runs with the `fault-injection` feature, which this crate's own
+//! dev-dependency on itself turns on for its tests.
+
+mod common;
+
+use common::{host, page, shared_space};
+use framemap::fault_injection::{disarm, fail_nth, fired};
+use framemap::{BufferGrant, Image, LinearSpace, PageRange, Protection, ResetPolicy, SharedBuffer};
+use std::sync::{Arc, Mutex};
+
+struct Fixture {
+    space: Arc<Mutex<LinearSpace>>,
+    image: Image,
+    sealed: SharedBuffer,
+    unsealed: SharedBuffer,
+    grants: Vec<BufferGrant>,
+}
+
+/// A space of 32 accessible pages (room for 48) holding one of everything:
+/// image pages (one dirtied), a sealed and an unsealed buffer window, a
+/// read-only run, a hole, and written zero pages.
+fn fixture() -> Fixture {
+    let p = page();
+    let space = shared_space(48);
+    let image = Image::from_segments(8 * p, [(0, &b"image bytes"[..]), (5 * p, &[7u8; 100][..])]).unwrap();
+    let sealed = SharedBuffer::new(4 * p).unwrap();
+    let file = tempfile();
+    file.set_len(4 * p).unwrap();
+    let unsealed = SharedBuffer::from_fd(file, 4 * p).unwrap();
+    let grants = vec![sealed.grant(host(&space)).unwrap(), unsealed.grant(host(&space)).unwrap()];
+    {
+        let mut s = space.lock().unwrap();
+        s.restore_layout(32 * p, Some(&image)).unwrap();
+        s.map_buffer(8 * p, &grants[0], 0, 4 * p, Protection::ReadWrite).unwrap();
+        s.map_buffer(12 * p, &grants[1], 0, 4 * p, Protection::ReadWrite).unwrap();
+        s.protect(16 * p, 2 * p, Protection::Read).unwrap();
+        s.unmap(20 * p, 2 * p).unwrap();
+        s.write(0, b"dirty").unwrap();
+        s.write(24 * p, b"written").unwrap();
+        s.validate().unwrap();
+    }
+    Fixture { space, image, sealed, unsealed, grants }
+}
+
+fn tempfile() -> std::fs::File {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!("framemap-inject-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let path = std::env::temp_dir().join(name);
+    let file = std::fs::File::options().read(true).write(true).create_new(true).open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file
+}
+
+type Op = fn(&Fixture) -> framemap::Result<()>;
+
+fn ops() -> Vec<(&'static str, Op)> {
+    vec![
+        ("grow_to", |f| f.space.lock().unwrap().grow_to(40 * page())),
+        ("protect across runs", |f| f.space.lock().unwrap().protect(4 * page(), 12 * page(), Protection::Read)),
+        ("protect inside a run", |f| f.space.lock().unwrap().protect(page(), page(), Protection::None)),
+        ("map_image", |f| {
+            f.space.lock().unwrap().map_image(2 * page(), &f.image, 0, 4 * page(), Protection::ReadWrite)
+        }),
+        ("map_buffer sealed", |f| {
+            f.space.lock().unwrap().map_buffer(22 * page(), &f.grants[0], 0, 4 * page(), Protection::Read)
+        }),
+        ("map_buffer unsealed over a window", |f| {
+            f.space.lock().unwrap().map_buffer(10 * page(), &f.grants[1], 0, 4 * page(), Protection::ReadWrite)
+        }),
+        ("map_zero over everything", |f| f.space.lock().unwrap().map_zero(0, 32 * page(), Protection::ReadWrite)),
+        ("unmap", |f| f.space.lock().unwrap().unmap(10 * page(), 6 * page())),
+        ("unmap_buffer", |f| {
+            let id = f.unsealed.id();
+            f.space.lock().unwrap().unmap_buffer(id)
+        }),
+        ("revoke", |f| f.sealed.revoke().map(drop)),
+        ("discard", |f| f.space.lock().unwrap().discard(0, 8 * page())),
+        ("zero_dirty", |f| f.space.lock().unwrap().zero_dirty(ResetPolicy::default()).map(drop)),
+        ("zero_dirty without scan", |f| {
+            let policy = ResetPolicy { scan_dirty: false, ..ResetPolicy::default() };
+            f.space.lock().unwrap().zero_dirty(policy).map(drop)
+        }),
+        ("reset", |f| f.space.lock().unwrap().reset(16 * page(), Some(&f.image), ResetPolicy::default()).map(drop)),
+        ("restore_layout", |f| f.space.lock().unwrap().restore_layout(16 * page(), Some(&f.image))),
+        ("populate", |f| f.space.lock().unwrap().populate(&[PageRange::new(0, 8), PageRange::new(24, 30)]).map(drop)),
+    ]
+}
+
+#[test]
+fn every_kernel_failure_leaves_a_true_table() {
+    let mut pairs = 0;
+    for errno in [libc_enomem(), libc_eagain(), libc_eintr()] {
+        for (name, op) in ops() {
+            let mut n = 1;
+            loop {
+                let f = fixture();
+                fail_nth(n, errno);
+                let result = op(&f);
+                let hit = fired();
+                let calls = disarm();
+                assert!(calls > 0, "{name} made no system call that can fail");
+                let context = format!("{name}, call {n} of {calls} failing with errno {errno} ({result:?})");
+                let mut space = f.space.lock().unwrap();
+                space.reconcile().unwrap_or_else(|e| panic!("{context}: reconcile: {e}"));
+                space.validate().unwrap_or_else(|e| panic!("{context}: {e}"));
+                // The space still works: every accessible page can be mapped
+                // again, and the table still equals the kernel.
+                let len = space.len();
+                space.map_zero(0, len.next_multiple_of(page()), Protection::ReadWrite).unwrap();
+                space.write(0, b"alive").unwrap();
+                space.validate().unwrap_or_else(|e| panic!("{context}, then map_zero: {e}"));
+                drop(space);
+                if !hit {
+                    break; // N is past the operation's last call
+                }
+                pairs += 1;
+                n += 1;
+            }
+        }
+    }
+    println!("fault injection: {pairs} (operation, N, errno) failures injected, table validated after each");
+    assert!(pairs >= 3 * ops().len(), "{pairs} failures injected");
+}
+
+#[test]
+fn a_failed_replacement_leaves_the_range_unmapped() {
+    let f = fixture();
+    let p = page();
+    fail_nth(1, libc_enomem());
+    let error = f.space.lock().unwrap().map_image(24 * p, &f.image, 0, 4 * p, Protection::ReadWrite).unwrap_err();
+    disarm();
+    assert!(matches!(error, framemap::Error::Kernel { syscall: "mmap", .. }), "{error:?}");
+    let space = f.space.lock().unwrap();
+    let tags: Vec<_> = space.table().runs_in(PageRange::new(24, 28)).map(|(_, f)| f.tag()).collect();
+    assert_eq!(tags, [framemap::FrameTag::Unmapped]);
+    space.validate().unwrap();
+}
+
+#[test]
+fn a_failed_protect_changes_nothing() {
+    let f = fixture();
+    let p = page();
+    let before: Vec<_> = f.space.lock().unwrap().table().runs().collect();
+    fail_nth(1, libc_enomem());
+    let error = f.space.lock().unwrap().protect(4 * p, 12 * p, Protection::Read).unwrap_err();
+    disarm();
+    assert!(matches!(error, framemap::Error::Kernel { syscall: "mprotect", .. }), "{error:?}");
+    let space = f.space.lock().unwrap();
+    assert_eq!(space.table().runs().collect::<Vec<_>>(), before);
+    space.validate().unwrap();
+}
+
+#[test]
+fn a_revocation_that_fails_in_the_kernel_still_removes_the_window() {
+    let f = fixture();
+    fail_nth(1, libc_enomem());
+    let error = f.sealed.revoke().unwrap_err();
+    disarm();
+    assert!(matches!(error, framemap::Error::Revocation { failed: 1, told: 1, .. }), "{error:?}");
+    let space = f.space.lock().unwrap();
+    let tags: Vec<_> = space.table().runs_in(PageRange::new(8, 12)).map(|(_, f)| f.tag()).collect();
+    assert_eq!(tags, [framemap::FrameTag::Unmapped]);
+    space.validate().unwrap();
+}
+
+fn libc_enomem() -> i32 {
+    rustix::io::Errno::NOMEM.raw_os_error()
+}
+
+fn libc_eagain() -> i32 {
+    rustix::io::Errno::AGAIN.raw_os_error()
+}
+
+fn libc_eintr() -> i32 {
+    rustix::io::Errno::INTR.raw_os_error()
+}
