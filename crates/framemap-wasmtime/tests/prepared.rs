@@ -295,3 +295,91 @@ fn engines_without_bulk_memory_run_the_original() {
     let memory = instance.get_memory(&mut store, "m").unwrap();
     assert_eq!(&memory.data(&store)[5..9], b"kept");
 }
+
+/// An instantiation suspended in the middle (an async limiter that yields as
+/// each memory is created) and resumed on another thread still gives each of
+/// its two memories its own image: the image plan travels with the future,
+/// not with the thread.
+#[test]
+fn an_instantiation_suspended_between_memories_resumes_on_another_thread() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Answers every growth "yes", after returning `Pending` once.
+    struct YieldingLimiter {
+        yields: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl wasmtime::ResourceLimiterAsync for YieldingLimiter {
+        async fn memory_growing(&mut self, _: usize, _: usize, _: Option<usize>) -> wasmtime::Result<bool> {
+            let mut yielded = false;
+            std::future::poll_fn(|cx| {
+                if yielded {
+                    return Poll::Ready(());
+                }
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+            self.yields += 1;
+            Ok(true)
+        }
+
+        async fn table_growing(&mut self, _: usize, _: usize, _: Option<usize>) -> wasmtime::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    const TWO_MEMORIES: &str = r#"
+      (module
+        (memory (export "a") 2)
+        (memory (export "b") 3)
+        (data (memory 0) (i32.const 5) "in a")
+        (data (memory 1) (i32.const 70000) "in b"))"#;
+    let creator = FrameMemoryCreator::new();
+    let engine = engine(&creator);
+    let prepared = PreparedModule::new(&creator, &engine, TWO_MEMORIES).unwrap();
+    assert_eq!(prepared.not_prepared(), None);
+    let prepared = &prepared;
+    for _ in 0..3 {
+        let mut store = Store::new(&engine, YieldingLimiter { yields: 0 });
+        store.limiter_async(|l| l as &mut dyn wasmtime::ResourceLimiterAsync);
+        let (instance, store) = {
+            let mut future: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+                let instance = prepared.instantiate_async(&mut store, &[]).await;
+                (instance, store)
+            });
+            let mut cx = Context::from_waker(Waker::noop());
+            // Suspended in the first memory's limiter call, on this thread...
+            assert!(future.as_mut().poll(&mut cx).is_pending());
+            let here = std::thread::current().id();
+            // ...and driven to the end on another one (suspending again for
+            // the second memory).
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        assert_ne!(std::thread::current().id(), here);
+                        let mut cx = Context::from_waker(Waker::noop());
+                        let mut polls = 0;
+                        loop {
+                            polls += 1;
+                            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                                assert!(polls >= 2, "the second memory's limiter call suspended too");
+                                break out;
+                            }
+                        }
+                    })
+                    .join()
+                    .unwrap()
+            })
+        };
+        let mut store = store;
+        let instance = instance.unwrap();
+        assert_eq!(store.data().yields, 2, "the limiter suspended once per memory");
+        assert_eq!(&instance.get_memory(&mut store, "a").unwrap().data(&store)[5..9], b"in a");
+        assert_eq!(&instance.get_memory(&mut store, "b").unwrap().data(&store)[70000..70004], b"in b");
+    }
+}
