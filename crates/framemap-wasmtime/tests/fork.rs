@@ -6,7 +6,7 @@
 //! test may hold a lock at that moment.
 
 use framemap_wasmtime::{FrameMemoryCreator, PreparedModule};
-use wasmtime::{Config, Instance, Store};
+use wasmtime::{Config, Store};
 
 const MODULE: &str = r#"
 (module

@@ -142,6 +142,16 @@ pub enum Error {
         /// The backing's id.
         id: u64,
     },
+    /// This space already holds its share of the SIGBUS guard's registry:
+    /// no more windows of unsealed buffers can be mapped in it until some
+    /// are unmapped (see [`crate::GUARD_SHARE`]).
+    #[error("the memory already holds {held} windows of unsealed buffers, its share of the SIGBUS guard ({share})")]
+    GuardShare {
+        /// Windows held.
+        held: usize,
+        /// The share.
+        share: usize,
+    },
     /// The hole guard's registry holds as many memories as it can: no more
     /// linear spaces can be made until some are dropped.
     #[error("the hole guard already guards {capacity} memories")]

@@ -41,7 +41,7 @@ pub use frame::{BackingId, Frame, FrameKind, FrameTag, Protection};
 pub use image::Image;
 pub use page::{PageRange, host_page_size};
 pub use reservation::Reservation;
-pub use space::{LinearSpace, ResetPolicy, ResetReport, SpaceConfig};
+pub use space::{GUARD_SHARE, LinearSpace, ResetPolicy, ResetReport, SpaceConfig};
 pub use summary::{SpaceSummary, human_bytes};
 pub use table::FrameTable;
 

@@ -68,6 +68,11 @@ use crate::table::FrameTable;
 use rustc_hash::FxHashMap as HashMap;
 use std::ptr::NonNull;
 
+/// How many windows of unsealed buffers (ranges of the SIGBUS guard's
+/// registry of `sigbus::CAPACITY` = 4096) one space may hold: a sixteenth,
+/// so that one memory cannot exhaust the registry for every other.
+pub const GUARD_SHARE: usize = 256;
+
 /// The geometry of a new [`LinearSpace`], in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpaceConfig {
@@ -775,7 +780,9 @@ impl LinearSpace {
             }
         }
         self.len = len;
-        self.guard_accessible_pages(new.end);
+        if new.end > old.end {
+            self.guard_accessible_pages(new.end);
+        }
         if image.is_none_or(|i| !self.backing_pages.contains_key(&i.id())) {
             // `restore_layout` attached an image no page ended up naming.
             self.images.retain(|id, _| self.backing_pages.contains_key(id));
@@ -912,6 +919,21 @@ impl LinearSpace {
         self.reconcile()?;
         self.check_run_budget(range, change)?;
         self.apply(range, change)
+    }
+
+    /// Refuses a new window of an unsealed buffer if this space already holds
+    /// its share of the SIGBUS guard's process-wide registry
+    /// ([`GUARD_SHARE`] ranges), so that one memory cannot take every slot.
+    fn check_guard_share(&self) -> Result<()> {
+        let guarded = |frame: Frame| match frame.kind() {
+            FrameKind::Shared { buffer, .. } => self.buffers.get(&buffer).is_some_and(SharedBuffer::guarded),
+            FrameKind::Unmapped | FrameKind::Zero | FrameKind::Image { .. } => false,
+        };
+        let held = self.table.runs().filter(|&(_, f)| guarded(f)).count();
+        if held >= GUARD_SHARE {
+            return Err(Error::GuardShare { held, share: GUARD_SHARE });
+        }
+        Ok(())
     }
 
     /// Sets the most runs this space's frame table may hold (module
@@ -1051,6 +1073,9 @@ impl LinearSpace {
                     }
                     FrameKind::Unmapped | FrameKind::Zero | FrameKind::Image { .. } => None,
                 };
+                if guarded.is_some() {
+                    self.check_guard_share()?;
+                }
                 let mut ticket = match guarded.is_some() || sigbus::windows_guarded() {
                     true => Some(sigbus::reserve(2).ok_or(Error::GuardFull { capacity: sigbus::CAPACITY })?),
                     false => None,

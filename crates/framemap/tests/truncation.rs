@@ -377,3 +377,30 @@ fn a_foreign_sigbus_reaches_the_previous_handler() {
     let status = run_child("a_foreign_sigbus_reaches_the_previous_handler", "previous");
     assert_eq!(status.code(), Some(42), "{status:?}");
 }
+
+/// One memory cannot take the SIGBUS guard's whole registry: past its share
+/// of windows of unsealed buffers it is refused, and another memory can still
+/// map them.
+#[test]
+fn one_memory_holds_at_most_its_share_of_guarded_windows() {
+    let share = framemap::GUARD_SHARE as u64;
+    let greedy = shared_space(2 * share + 4);
+    let buffer = SharedBuffer::from_fd(temp_file(1), page()).unwrap();
+    assert!(!buffer.is_sealed());
+    let grant = buffer.grant(host(&greedy)).unwrap();
+    let mut space = greedy.lock().unwrap();
+    // Every other page: separate runs, each one registered range.
+    for i in 0..share {
+        space.map_buffer(2 * i * page(), &grant, 0, page(), Protection::Read).unwrap();
+    }
+    let err = space.map_buffer(2 * share * page(), &grant, 0, page(), Protection::Read).unwrap_err();
+    assert!(matches!(err, Error::GuardShare { held, share: s } if held == share as usize && s == share as usize));
+    space.validate().unwrap();
+    // Unmapping one window gives its range back.
+    space.unmap(0, page()).unwrap();
+    space.map_buffer(2 * share * page(), &grant, 0, page(), Protection::Read).unwrap();
+    drop(space);
+    let other = shared_space(4);
+    let grant = buffer.grant(host(&other)).unwrap();
+    other.lock().unwrap().map_buffer(0, &grant, 0, page(), Protection::Read).unwrap();
+}
