@@ -27,8 +27,11 @@ struct ImageFile {
     fd: OwnedFd,
     len: u64,
     inode: u64,
+    /// Whether the file is sealed against writes: only then may its bytes be
+    /// read through a `&[u8]` (a file others can write would change under it).
+    immutable: bool,
     /// A read-only view of the whole file, made on first use, to restore
-    /// dirty pages by copying.
+    /// dirty pages by copying (immutable files only).
     view: OnceLock<Option<Mapping>>,
 }
 
@@ -129,7 +132,9 @@ impl Image {
         let inode = rustix::fs::fstat(&fd)
             .map_err(|e| Error::Kernel { syscall: "fstat", start: 0, end: len, source: e.into() })?
             .st_ino;
-        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, view: OnceLock::new() }) })
+        let immutable = memfd::cannot_be_written(&fd);
+        let view = OnceLock::new();
+        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, immutable, view }) })
     }
 
     /// The image's identity in frame tables.
@@ -174,10 +179,15 @@ impl Image {
     }
 
     /// Copies `target.len()` bytes at `offset` of the image into `target`:
-    /// a `memcpy` from a read-only view of the image (made once), or a
-    /// `pread` if no view can be made.
+    /// a `memcpy` from a read-only view of the image (made once) if its file
+    /// is sealed against writes, else (or if no view can be made) a `pread`,
+    /// which copies a file others may be writing without a Rust reference to
+    /// its bytes.
     pub(crate) fn copy_to(&self, offset: u64, target: &mut [u8]) -> std::io::Result<()> {
         let view = self.inner.view.get_or_init(|| {
+            if !self.inner.immutable {
+                return None;
+            }
             let len = usize::try_from(self.inner.len).ok().filter(|&l| l > 0)?;
             // SAFETY: the image's file covers `len` bytes and cannot shrink
             // (module invariant).
@@ -187,7 +197,8 @@ impl Image {
         match view {
             Some(view) if end <= view.len() => {
                 // SAFETY: `offset..end` lies inside the view, which is mapped
-                // read-only for the image's lifetime and never written.
+                // read-only for the image's lifetime, of a file sealed
+                // against writes: its bytes never change.
                 let source =
                     unsafe { std::slice::from_raw_parts(view.ptr().as_ptr().add(offset as usize), target.len()) };
                 target.copy_from_slice(source);

@@ -81,6 +81,29 @@ fn a_sealed_memfd_is_used_directly() {
     s.validate().unwrap();
 }
 
+/// An image whose file others may still write (sealed against shrinking
+/// only) is restored from the file as it is now, read with `pread` rather
+/// than through a view that would change under a `&[u8]`.
+#[test]
+fn a_writable_image_file_is_restored_from_its_current_bytes() {
+    let p = page();
+    let fd = rustix::fs::memfd_create("test", rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::io::pwrite(&fd, b"before", 0).unwrap();
+    rustix::fs::ftruncate(&fd, 2 * p).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+    let writer = rustix::io::dup(&fd).unwrap();
+    let image = Image::from_file(fd).unwrap();
+    let mut s = space(4);
+    s.restore_layout(4 * p, Some(&image)).unwrap();
+    for expected in [&b"before"[..], &b"AFTER!"[..]] {
+        s.write(0, b"guest!").unwrap();
+        s.reset(4 * p, Some(&image), ResetPolicy::default()).unwrap();
+        assert_eq!(bytes_at(&s, 0, 6), expected);
+        rustix::io::pwrite(&writer, b"AFTER!", 0).unwrap();
+    }
+    s.validate().unwrap();
+}
+
 #[test]
 fn mapped_images_are_copy_on_write_and_private() {
     let p = page();

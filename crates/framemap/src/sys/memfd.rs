@@ -63,6 +63,12 @@ pub(crate) fn cannot_shrink(fd: impl AsFd) -> bool {
     fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK))
 }
 
+/// Whether the file is sealed against writes (`F_SEAL_WRITE`): its bytes can
+/// never change again (seals are never removed).
+pub(crate) fn cannot_be_written(fd: impl AsFd) -> bool {
+    fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SealFlags::WRITE))
+}
+
 /// The file's length in bytes.
 pub(crate) fn len(fd: impl AsFd) -> io::Result<u64> {
     let stat = fs::fstat(fd)?;
