@@ -70,6 +70,7 @@ impl Framemap {
         let space = Arc::new(Mutex::new(LinearSpace::new(config).expect("space")));
         let weak: Weak<Mutex<LinearSpace>> = Arc::downgrade(&space);
         let host: Weak<dyn WindowHost> = weak;
+        space.lock().expect("space").set_window_host(host.clone());
         let grants = (0..buffers)
             .map(|_| SharedBuffer::new(buffer_pages * page()).and_then(|b| b.grant(host.clone())).expect("buffer"))
             .collect();

@@ -718,6 +718,7 @@ fuzz_target!(|input: Input| {
     // reaches it through the grant.
     let space = Arc::new(Mutex::new(space));
     let host: Weak<dyn WindowHost> = Arc::downgrade(&space) as Weak<dyn WindowHost>;
+    space.lock().unwrap().set_window_host(host.clone());
     let accessible = initial_len.div_ceil(page);
     let mut model = Model {
         page,

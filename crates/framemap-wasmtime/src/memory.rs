@@ -17,7 +17,7 @@
 use crate::creator::CreatorShared;
 use crate::error::Error;
 use framemap::{BackingId, LinearSpace};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// One reservation of a creator, for its whole life.
 #[derive(Debug)]
@@ -64,7 +64,11 @@ impl Slot {
     /// A slot around a freshly made space, serving nothing yet.
     pub(crate) fn new(space: LinearSpace) -> Arc<Slot> {
         let base = space.base().as_ptr() as usize;
-        Arc::new(Slot { base, state: Mutex::new(SlotState { space, generation: 0, live: false }) })
+        let slot = Arc::new(Slot { base, state: Mutex::new(SlotState { space, generation: 0, live: false }) });
+        // Revocation reaches the space through its slot.
+        let weak: Weak<Slot> = Arc::downgrade(&slot);
+        slot.lock().space.set_window_host(weak);
+        slot
     }
 
     pub(crate) fn base(&self) -> usize {

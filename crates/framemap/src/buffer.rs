@@ -101,16 +101,31 @@ impl fmt::Debug for SharedBuffer {
 }
 
 /// Proof that a memory's owner is registered with a buffer, needed to map
-/// windows of it (see [`crate::LinearSpace::map_buffer`]).
-#[derive(Clone, Debug)]
+/// windows of it (see [`crate::LinearSpace::map_buffer`]). A grant is bound
+/// to the host it was issued for: only a space whose window host
+/// ([`crate::LinearSpace::set_window_host`]) is that host accepts it, so
+/// revocation always reaches every window made with it.
+#[derive(Clone)]
 pub struct BufferGrant {
     buffer: SharedBuffer,
+    host: Weak<dyn WindowHost>,
+}
+
+impl fmt::Debug for BufferGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferGrant").field("buffer", &self.buffer).finish_non_exhaustive()
+    }
 }
 
 impl BufferGrant {
     /// The buffer granted.
     pub fn buffer(&self) -> &SharedBuffer {
         &self.buffer
+    }
+
+    /// Whether this grant was issued for `host`.
+    pub(crate) fn is_for(&self, host: &Weak<dyn WindowHost>) -> bool {
+        Weak::ptr_eq(&self.host, host)
     }
 }
 
@@ -299,9 +314,9 @@ impl SharedBuffer {
         }
         hosts.retain(|h| h.strong_count() > 0);
         if !hosts.iter().any(|h| Weak::ptr_eq(h, &host)) {
-            hosts.push(host);
+            hosts.push(host.clone());
         }
-        Ok(BufferGrant { buffer: self.clone() })
+        Ok(BufferGrant { buffer: self.clone(), host })
     }
 
     /// Revokes the buffer: every window of it in every memory becomes

@@ -142,6 +142,14 @@ pub enum Error {
         /// The backing's id.
         id: u64,
     },
+    /// The grant was issued for another memory's host (or this space has no
+    /// window host): revoking the buffer would not reach a window made with
+    /// it.
+    #[error("buffer #{id}: the grant was issued for another memory's host")]
+    ForeignGrant {
+        /// The buffer.
+        id: u64,
+    },
     /// This space already holds its share of the SIGBUS guard's registry:
     /// no more windows of unsealed buffers can be mapped in it until some
     /// are unmapped (see [`crate::GUARD_SHARE`]).

@@ -15,7 +15,9 @@
 //!    reservation (the growable rest and the guard) is `Unmapped`.
 //! 5. Every `Image` frame names an image, and every `Shared` frame a granted,
 //!    unrevoked buffer, that the space holds (so its file stays open and
-//!    sealed for as long as it is mapped) and lies inside it.
+//!    sealed for as long as it is mapped) and lies inside it. Every `Shared`
+//!    frame was mapped with a grant issued for this space's window host
+//!    ([`LinearSpace::set_window_host`]), so revoking the buffer reaches it.
 //! 6. Every run of `Shared` frames of an unsealed buffer (see
 //!    [`SharedBuffer::from_fd`]) is registered with the SIGBUS guard
 //!    (`sys::sigbus`) from before it is mapped until after it is replaced.
@@ -56,7 +58,7 @@
 //! `restore_layout`, `reset`) keep the steps done before the failure, each
 //! of which is a complete change.
 
-use crate::buffer::{BufferGrant, SharedBuffer};
+use crate::buffer::{BufferGrant, SharedBuffer, WindowHost};
 use crate::error::{Error, Result};
 use crate::frame::{BackingId, Frame, FrameKind, FrameTag, Protection};
 use crate::image::Image;
@@ -67,6 +69,7 @@ use crate::sys::{hole_guard, maps, mman, pagemap, sigbus, uffd};
 use crate::table::FrameTable;
 use rustc_hash::FxHashMap as HashMap;
 use std::ptr::NonNull;
+use std::sync::Weak;
 
 /// How many windows of unsealed buffers (ranges of the SIGBUS guard's
 /// registry of `sigbus::CAPACITY` = 4096) one space may hold: a sixteenth,
@@ -160,6 +163,9 @@ pub struct LinearSpace {
     sunk_seen: u64,
     /// Most runs the table may hold (invariant 9).
     run_budget: usize,
+    /// The owner revocation reaches this space through; only grants issued
+    /// for it are accepted (invariant 5).
+    window_host: Option<Weak<dyn WindowHost>>,
 }
 
 impl LinearSpace {
@@ -212,6 +218,7 @@ impl LinearSpace {
             hole_guard,
             sunk_seen: 0,
             run_budget: usize::MAX,
+            window_host: None,
         };
         space.grow_to(config.initial_len)?;
         Ok(space)
@@ -309,6 +316,9 @@ impl LinearSpace {
     /// `offset`, shared, with protection `prot`: guest writes reach the host
     /// and every other window of the buffer. Offsets and `len` must be page
     /// aligned; the range must be inside the accessible pages and the buffer.
+    /// The grant must have been issued for this space's window host
+    /// ([`Error::ForeignGrant`] otherwise, or if the space has none), so that
+    /// revoking the buffer reaches the window.
     pub fn map_buffer(
         &mut self,
         offset: u64,
@@ -318,6 +328,9 @@ impl LinearSpace {
         prot: Protection,
     ) -> Result<()> {
         let buffer = grant.buffer();
+        if !self.window_host.as_ref().is_some_and(|host| grant.is_for(host)) {
+            return Err(Error::ForeignGrant { id: buffer.id().0 });
+        }
         let range = self.page_range(offset, len)?;
         let end = buffer_offset.checked_add(len).ok_or(Error::Overflow { start: buffer_offset, len })?;
         if !buffer_offset.is_multiple_of(self.page) {
@@ -934,6 +947,14 @@ impl LinearSpace {
             return Err(Error::GuardShare { held, share: GUARD_SHARE });
         }
         Ok(())
+    }
+
+    /// Names the owner through which revocation reaches this space (the
+    /// `WindowHost` that wraps it: an `Arc<Mutex<LinearSpace>>`, or an
+    /// embedder's own type). Grants issued for another host are refused by
+    /// [`LinearSpace::map_buffer`]. Set it once, before mapping buffers.
+    pub fn set_window_host(&mut self, host: Weak<dyn WindowHost>) {
+        self.window_host = Some(host);
     }
 
     /// Sets the most runs this space's frame table may hold (module

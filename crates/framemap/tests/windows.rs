@@ -149,3 +149,22 @@ fn buffers_images_and_zero_pages_coexist_in_one_reservation() {
     assert_eq!(read(&s, 18 * p, 1), [1]);
     s.validate().unwrap();
 }
+
+/// A grant is bound to the host it was issued for: another space refuses
+/// it, since revoking the buffer would never reach a window made there.
+#[test]
+fn a_grant_for_one_memory_is_refused_by_another() {
+    let p = page();
+    let (a, b) = (shared_space(4), shared_space(4));
+    let buffer = SharedBuffer::new(p).unwrap();
+    let for_a = buffer.grant(host(&a)).unwrap();
+    let err = b.lock().unwrap().map_buffer(0, &for_a, 0, p, Protection::Read).unwrap_err();
+    assert!(matches!(err, Error::ForeignGrant { .. }), "{err:?}");
+    b.lock().unwrap().validate().unwrap();
+    // A space with no window host accepts no grant at all.
+    let mut lone = LinearSpace::new(SpaceConfig { capacity: 4 * p, guard: 0, initial_len: 4 * p }).unwrap();
+    assert!(matches!(lone.map_buffer(0, &for_a, 0, p, Protection::Read), Err(Error::ForeignGrant { .. })));
+    a.lock().unwrap().map_buffer(0, &for_a, 0, p, Protection::Read).unwrap();
+    assert_eq!(buffer.revoke().unwrap(), 1);
+    assert_eq!(a.lock().unwrap().table().get(0).unwrap().1, Frame::UNMAPPED);
+}

@@ -13,9 +13,11 @@ pub fn page() -> u64 {
 /// registered as a window host.
 pub fn shared_space(pages: u64) -> Arc<Mutex<LinearSpace>> {
     let p = page();
-    Arc::new(Mutex::new(
+    let space = Arc::new(Mutex::new(
         LinearSpace::new(SpaceConfig { capacity: pages * p, guard: 4 * p, initial_len: pages * p }).unwrap(),
-    ))
+    ));
+    space.lock().unwrap().set_window_host(host(&space));
+    space
 }
 
 /// `space` as the window host a buffer grant is given to.
