@@ -212,7 +212,7 @@ fn module_runs_on_every_allocator() {
     )
     .expect("write module");
     let module = path.to_str().expect("UTF-8 path");
-    let out = framemap(&["bench", "--quick", "--json", "--module", module, "--export", "run", "--arg-free"]);
+    let out = framemap(&["bench", "--quick", "--json", "--module", module, "--export", "run"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "bench failed: {stderr}");
     let rows: Vec<_> = stdout.lines().map(parse_object).collect();
