@@ -14,6 +14,9 @@
 //! buffer holds the model's bytes. An operation the model rejects must
 //! return `Err`; since the model is left as it was, the checks after it
 //! prove the call changed nothing.
+//!
+//! (Over the project's ~600-line rule: its model moves to `fuzz/src/`, where
+//! regression tests can replay against it, with the house issue.)
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};

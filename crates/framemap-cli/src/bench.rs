@@ -1,6 +1,9 @@
 //! `framemap bench`: instantiation speed, memory footprint and guest speed of
 //! framemap against wasmtime's own allocators, measured in one process.
 //!
+//! (Over the project's ~600-line rule: measuring, tables, targets and the
+//! SVG chart are split into rooms of their own by the house issue.)
+//!
 //! The built-in workload ([`framemap_benches::builtin`]: a 16 MiB memory
 //! whose first 8 MiB are a dense data image) runs on five allocators
 //! ([`Allocator::ALL`]); the samples of a (workload, k) group are taken in

@@ -196,9 +196,9 @@ impl Image {
         let end = offset as usize + target.len();
         match view {
             Some(view) if end <= view.len() => {
-                // SAFETY: `offset..end` lies inside the view, which is mapped
-                // read-only for the image's lifetime, of a file sealed
-                // against writes: its bytes never change.
+                // The view is mapped read-only for the image's lifetime, of a
+                // file sealed against writes: its bytes never change.
+                // SAFETY: so a slice of `offset..end`, inside the view, is sound.
                 let source =
                     unsafe { std::slice::from_raw_parts(view.ptr().as_ptr().add(offset as usize), target.len()) };
                 target.copy_from_slice(source);
