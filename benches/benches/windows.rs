@@ -23,7 +23,7 @@
 #![allow(missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use framemap::{BufferGrant, LinearSpace, Protection, SharedBuffer, SpaceConfig, WindowHost};
+use framemap::{BufferGrant, LinearSpace, Protection, SharedBuffer, SpaceConfig, WindowOwner};
 use rustix::fd::OwnedFd;
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
@@ -69,8 +69,8 @@ impl Framemap {
         let config = SpaceConfig { capacity: len, guard: 0, initial_len: len };
         let space = Arc::new(Mutex::new(LinearSpace::new(config).expect("space")));
         let weak: Weak<Mutex<LinearSpace>> = Arc::downgrade(&space);
-        let host: Weak<dyn WindowHost> = weak;
-        space.lock().expect("space").set_window_host(host.clone());
+        let host: Weak<dyn WindowOwner> = weak;
+        space.lock().expect("space").set_window_owner(host.clone());
         let grants = (0..buffers)
             .map(|_| SharedBuffer::new(buffer_pages * page()).and_then(|b| b.grant(host.clone())).expect("buffer"))
             .collect();

@@ -1,6 +1,7 @@
 //! The built-in guest module of `framemap bench`: a 16 MiB memory whose first
-//! 8 MiB are a dense data image, an export that dirties `k` pages of it, and
-//! a compute loop over it.
+//! 8 MiB are a dense data image, two exports that dirty `k` pages of it
+//! (scattered across the image, or as one contiguous run), and a compute loop
+//! over it.
 
 use wasm_encoder::{ConstExpr, DataSection, Encode as _, Section as _};
 
@@ -15,8 +16,12 @@ pub const MAX_MEMORY_BYTES: u64 = (MAX_PAGES as u64) << 16;
 /// Passes [`COMPUTE_EXPORT`] makes over the image: 12 × 8 MiB = 96 MiB of
 /// loads (about 5 ms).
 pub const COMPUTE_PASSES: u32 = 12;
-/// The export that dirties pages: `touch(k: i32)`.
+/// The export that dirties `k` pages scattered across the image:
+/// `touch(k: i32)` (see [`Touch::Scattered`]).
 pub const TOUCH_EXPORT: &str = "touch";
+/// The export that dirties `k` contiguous pages: `touch_run(k: i32)` (see
+/// [`Touch::Contiguous`]).
+pub const TOUCH_RUN_EXPORT: &str = "touch_run";
 /// The compute export: `run() -> i64`, the wrapping sum of the image's
 /// little-endian `i64` words, [`COMPUTE_PASSES`] times over.
 pub const COMPUTE_EXPORT: &str = "run";
@@ -46,6 +51,19 @@ const CODE_WAT: &str = r#"
         (br_if $done (i32.ge_u (local.get $i) (local.get $k)))
         (i32.store8
           (i32.rem_u (i32.mul (local.get $i) (local.get $stride)) (i32.const 8388608))
+          (i32.const 0))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next))))
+
+  ;; Writes one byte (0) into each of the image's first k 4 KiB pages: one
+  ;; contiguous dirty run (wrapping inside the image beyond k = 2048).
+  (func (export "touch_run") (param $k i32)
+    (local $i i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $k)))
+        (i32.store8
+          (i32.rem_u (i32.mul (local.get $i) (i32.const 4096)) (i32.const 8388608))
           (i32.const 0))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next))))
@@ -97,6 +115,36 @@ pub fn wasm() -> Vec<u8> {
     bytes
 }
 
+/// Where an instance puts the `k` pages it dirties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Touch {
+    /// [`TOUCH_EXPORT`]: spread across the image, 64 KiB apart up to
+    /// k = 128 and 8 MiB / k apart beyond (k separate dirty regions).
+    Scattered,
+    /// [`TOUCH_RUN_EXPORT`]: the image's first k 4 KiB pages (one dirty
+    /// region).
+    Contiguous,
+}
+
+impl Touch {
+    /// The export that dirties the pages this way.
+    pub fn export(self) -> &'static str {
+        match self {
+            Touch::Scattered => TOUCH_EXPORT,
+            Touch::Contiguous => TOUCH_RUN_EXPORT,
+        }
+    }
+
+    /// The address of the `i`-th page of `k` the export dirties (as the guest
+    /// computes it).
+    pub fn address(self, i: u32, k: u32) -> u32 {
+        match self {
+            Touch::Scattered => touched_address(i, k),
+            Touch::Contiguous => i.wrapping_mul(4096) % IMAGE_BYTES,
+        }
+    }
+}
+
 /// The address of the `i`-th page `touch(k)` dirties (as the guest computes it).
 pub fn touched_address(i: u32, k: u32) -> u32 {
     let stride = ((IMAGE_BYTES / k.max(128)) & !4095).max(4096);
@@ -127,14 +175,31 @@ mod tests {
 
     #[test]
     fn touched_pages_are_distinct_and_inside_the_image() {
-        for k in [0u32, 1, 16, 128, 256, 2048] {
-            let mut pages: Vec<u32> = (0..k).map(|i| touched_address(i, k) / 4096).collect();
-            assert!(pages.iter().all(|&p| p < IMAGE_BYTES / 4096), "k={k}");
-            pages.sort_unstable();
-            pages.dedup();
-            assert_eq!(pages.len(), k as usize, "k={k}");
+        for touch in [Touch::Scattered, Touch::Contiguous] {
+            for k in [0u32, 1, 16, 128, 256, 2048] {
+                let mut pages: Vec<u32> = (0..k).map(|i| touch.address(i, k) / 4096).collect();
+                assert!(pages.iter().all(|&p| p < IMAGE_BYTES / 4096), "{touch:?} k={k}");
+                pages.sort_unstable();
+                pages.dedup();
+                assert_eq!(pages.len(), k as usize, "{touch:?} k={k}");
+            }
         }
         assert_eq!(touched_address(1, 16), 65536);
         assert_eq!(touched_address(1, 256), 32768);
+    }
+
+    #[test]
+    fn scattered_pages_are_separate_regions_and_a_run_is_one() {
+        // Dirty regions as a page scan would report them: maximal runs of
+        // adjacent 4 KiB pages.
+        let regions = |touch: Touch, k: u32| {
+            let mut pages: Vec<u32> = (0..k).map(|i| touch.address(i, k) / 4096).collect();
+            pages.sort_unstable();
+            pages.windows(2).filter(|w| w[1] != w[0] + 1).count() + usize::from(k > 0)
+        };
+        assert_eq!(regions(Touch::Scattered, 256), 256);
+        assert_eq!(regions(Touch::Contiguous, 256), 1);
+        assert_eq!(regions(Touch::Contiguous, 16), 1);
+        assert_eq!(Touch::Contiguous.address(255, 256), 255 * 4096);
     }
 }

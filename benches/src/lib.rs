@@ -8,7 +8,8 @@
 //!   data image, `touch(k)` and a compute loop.
 //! - [`Target`]: one allocator with a guest compiled and its imports
 //!   resolved; [`Target::sample`] is one instantiate sample (store +
-//!   instantiate + touch + drop), [`footprint`] keeps many alive,
+//!   instantiate + touch + drop; [`Target::sample_touching`] dirties the
+//!   pages as one contiguous run instead), [`footprint`] keeps many alive,
 //!   [`Target::runner`] calls the compute export.
 //! - [`interleaved`]: round-robin sampling across allocators.
 //! - [`stats`] and [`report`]: median / p90 and the JSON rows.
@@ -22,6 +23,7 @@ pub mod stats;
 pub mod workload;
 
 pub use allocator::{Allocator, EngineOptions, PoolingLimits, Setup};
+pub use builtin::Touch;
 pub use compute::{COMPUTE_BYTES, Compute};
 pub use report::{Row, Workload};
 pub use stats::{Summary, median, p90, percentile};
@@ -29,6 +31,9 @@ pub use workload::{Footprint, Guest, Live, Runner, Target, footprint, interleave
 
 /// Pages each instance dirties in the instantiate workloads (k).
 pub const DIRTY_PAGES: [u32; 3] = [0, 16, 256];
+/// Pages each instance dirties as one contiguous run in the
+/// `instantiate-contiguous` workload (k = 0 would repeat `instantiate`).
+pub const CONTIGUOUS_DIRTY_PAGES: [u32; 2] = [16, 256];
 /// Instances alive at once in the footprint workload.
 pub const FOOTPRINT_INSTANCES: usize = 200;
 /// Pages each footprint instance dirties.

@@ -10,6 +10,9 @@ pub enum Workload {
     /// `instantiate`: `Store::new` + instantiate + dirty k pages + drop,
     /// memories recycled as each allocator normally does.
     Instantiate,
+    /// `instantiate-contiguous`: the same, the k pages dirtied as one
+    /// contiguous run instead of scattered.
+    InstantiateContiguous,
     /// `instantiate-fresh`: the same loop with framemap's recycling off.
     InstantiateFresh,
     /// `footprint`: RSS growth and time per instance of many live instances.
@@ -20,13 +23,19 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 4] =
-        [Workload::Instantiate, Workload::InstantiateFresh, Workload::Footprint, Workload::Compute];
+    pub const ALL: [Workload; 5] = [
+        Workload::Instantiate,
+        Workload::InstantiateContiguous,
+        Workload::InstantiateFresh,
+        Workload::Footprint,
+        Workload::Compute,
+    ];
 
     /// The workload's name in reports and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Workload::Instantiate => "instantiate",
+            Workload::InstantiateContiguous => "instantiate-contiguous",
             Workload::InstantiateFresh => "instantiate-fresh",
             Workload::Footprint => "footprint",
             Workload::Compute => "compute",

@@ -3,7 +3,7 @@
 //! export. The CLI and the criterion benches time exactly these calls.
 
 use crate::allocator::{Allocator, Setup};
-use crate::builtin;
+use crate::builtin::{self, Touch};
 use anyhow::{Context as _, Result, bail, ensure};
 use framemap_wasmtime::{FrameMemoryCreator, PreparedInstancePre, PreparedModule};
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use wasmtime::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Guest {
     /// The built-in module ([`crate::builtin`]): each instance calls
-    /// `touch(k)`; compute calls `run`.
+    /// `touch(k)` (or `touch_run(k)`, see [`Target::spawn_touching`]);
+    /// compute calls `run`.
     Builtin,
     /// A user's module: each instance calls `export` once (if given, and it
     /// must take no parameters); compute calls it repeatedly.
@@ -44,8 +45,8 @@ impl Pre {
 
 /// What each new instance runs before it counts as ready.
 enum Action {
-    /// The built-in `touch(k)`.
-    Touch(ModuleExport),
+    /// The built-in `touch(k)` and `touch_run(k)`.
+    Touch { scattered: ModuleExport, contiguous: ModuleExport },
     /// A user's export without parameters, returning `results` values.
     Call(ModuleExport, usize),
     /// Nothing.
@@ -99,7 +100,11 @@ impl Target {
         let (action, compute) = match guest {
             Guest::Builtin => {
                 let index = |name| module.get_export_index(name).with_context(|| format!("no export `{name}`"));
-                (Action::Touch(index(builtin::TOUCH_EXPORT)?), Some(index(builtin::COMPUTE_EXPORT)?))
+                let action = Action::Touch {
+                    scattered: index(builtin::TOUCH_EXPORT)?,
+                    contiguous: index(builtin::TOUCH_RUN_EXPORT)?,
+                };
+                (action, Some(index(builtin::COMPUTE_EXPORT)?))
             }
             Guest::User { export: None } => (Action::None, None),
             Guest::User { export: Some(name) } => {
@@ -135,10 +140,20 @@ impl Target {
     /// A new store and instance that ran its action: `touch(k)` for the
     /// built-in module, the export (if any) for a user's.
     pub fn spawn(&self, k: u32) -> Result<Live> {
+        self.spawn_touching(k, Touch::Scattered)
+    }
+
+    /// [`Target::spawn`], the built-in module dirtying its `k` pages as
+    /// `touch` says (a user's module ignores `touch`).
+    pub fn spawn_touching(&self, k: u32, touch: Touch) -> Result<Live> {
         let mut store = Store::new(&self.engine, ());
         let instance = self.pre.instantiate(&mut store)?;
         match &self.action {
-            Action::Touch(export) => {
+            Action::Touch { scattered, contiguous } => {
+                let export = match touch {
+                    Touch::Scattered => scattered,
+                    Touch::Contiguous => contiguous,
+                };
                 let touch: TypedFunc<i32, ()> = func(&instance, &mut store, export)?.typed(&store)?;
                 touch.call(&mut store, k as i32)?;
             }
@@ -155,8 +170,14 @@ impl Target {
     /// One sample of the instantiate workload: `Store::new` + instantiate +
     /// action + drop, timed.
     pub fn sample(&self, k: u32) -> Result<Duration> {
+        self.sample_touching(k, Touch::Scattered)
+    }
+
+    /// [`Target::sample`] with the `k` pages dirtied as `touch` says (see
+    /// [`Target::spawn_touching`]).
+    pub fn sample_touching(&self, k: u32, touch: Touch) -> Result<Duration> {
         let start = Instant::now();
-        let live = self.spawn(k)?;
+        let live = self.spawn_touching(k, touch)?;
         drop(live);
         Ok(start.elapsed())
     }
@@ -173,20 +194,20 @@ impl Target {
     }
 
     /// Checks that the built-in module's memory holds the image on a new
-    /// instance, that `touch` dirties what it should, and that the next
-    /// instance (on a recycled memory, for allocators that recycle) sees the
-    /// image again, not the previous instance's writes.
+    /// instance, that `touch` and `touch_run` dirty what they should, and
+    /// that the next instance (on a recycled memory, for allocators that
+    /// recycle) sees the image again, not the previous instance's writes.
     pub fn verify_builtin(&self, image: &[u8]) -> Result<()> {
         let name = self.allocator.name();
-        let check = |k: u32, when: &str| -> Result<()> {
-            let mut live = self.spawn(k)?;
+        let check = |k: u32, touch: Touch, when: &str| -> Result<()> {
+            let mut live = self.spawn_touching(k, touch)?;
             let memory = live
                 .instance
                 .get_memory(&mut live.store, builtin::MEMORY_EXPORT)
                 .context("the built-in module exports no memory")?;
             let data = memory.data(&live.store);
             ensure!(data.len() == (builtin::MIN_PAGES as usize) << 16, "{name}: memory of {} bytes", data.len());
-            let touched: Vec<usize> = (0..k).map(|i| builtin::touched_address(i, k) as usize).collect();
+            let touched: Vec<usize> = (0..k).map(|i| touch.address(i, k) as usize).collect();
             for offset in (0..image.len()).step_by(65536).chain([image.len() - 1]) {
                 let want = if touched.contains(&offset) { builtin::TOUCH_VALUE } else { image[offset] };
                 ensure!(data[offset] == want, "{name}: {when}: byte {offset:#x} is {:#x}, not {want:#x}", data[offset]);
@@ -199,11 +220,14 @@ impl Target {
             }
             Ok(())
         };
-        check(0, "first instance")?;
-        check(256, "after touch(256)")?;
-        check(0, "instance after a touched one")?;
-        check(16, "after touch(16)")?;
-        check(0, "instance after a touched one")
+        let (scattered, contiguous) = (Touch::Scattered, Touch::Contiguous);
+        check(0, scattered, "first instance")?;
+        check(256, scattered, "after touch(256)")?;
+        check(0, scattered, "instance after a touched one")?;
+        check(16, scattered, "after touch(16)")?;
+        check(0, scattered, "instance after a touched one")?;
+        check(256, contiguous, "after touch_run(256)")?;
+        check(0, scattered, "instance after a touched one")
     }
 }
 

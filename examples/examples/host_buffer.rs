@@ -69,7 +69,10 @@ fn run() -> anyhow::Result<Outcome> {
 
     // Map it into the guest's memory and let the guest work on it in place.
     let handle = creator.handle(&store, &memory)?;
-    handle.map_buffer(WINDOW, &buffer, 0, FRAME, Protection::ReadWrite)?;
+    // SAFETY: the host writes the buffer before the window exists and reads
+    // it after the guest's call; nothing borrows the guest's memory
+    // (`Memory::data` is never called); the buffer is never revoked.
+    unsafe { handle.map_buffer(&mut store, WINDOW, &buffer, 0, FRAME, Protection::ReadWrite) }?;
     anyhow::ensure!(process.call(&mut store, WINDOW as i32)? == 0, "guest rejected the frame");
 
     // The result is already in the host's buffer.
@@ -86,7 +89,7 @@ fn run() -> anyhow::Result<Outcome> {
         expected_checksum: pixels.iter().map(|&p| u32::from(!p)).sum(),
         flags: word(3),
         all_inverted: result.iter().zip(&pixels).all(|(&r, &p)| r == !p),
-        shared_runs: report.summary.runs[framemap::FrameTag::Shared.index()],
+        shared_runs: report.summary.runs[framemap::FrameTag::Shared],
         report: report.to_string(),
     })
 }

@@ -7,7 +7,7 @@
 //! guest asking for more than it was granted traps.
 
 use framemap::{FrameTag, SharedBuffer};
-use framemap_wasmtime::Error;
+use framemap_wasmtime::memctl::Error;
 use framemap_wasmtime::memctl::{self, Access, BufferRequest, MemCtl};
 use framemap_wasmtime::{FrameMemoryCreator, configure};
 use wasmtime::{Config, Engine, Linker, Module, Store};
@@ -70,7 +70,10 @@ fn run() -> anyhow::Result<Outcome> {
     let text = "the quick brown fox jumps over the lazy dog; framemap maps it, the guest shouts it.";
     let buffer = SharedBuffer::new(PAGE)?;
     buffer.write(0, text.as_bytes())?;
-    let handle = memctl.grant(buffer.clone(), Access::ReadWrite)?;
+    // SAFETY: the buffer is written only before the guest runs and read
+    // after, while nothing borrows the guest's memory (`Memory::data` is never
+    // called), and it is never revoked.
+    let handle = unsafe { memctl.grant(buffer.clone(), Access::ReadWrite) }?;
 
     let mut linker = Linker::new(&engine);
     memctl::add_to_linker(&mut linker, |m: &mut MemCtl| m)?;
@@ -78,7 +81,7 @@ fn run() -> anyhow::Result<Outcome> {
     let instance = linker.instantiate(&mut store, &Module::new(&engine, GUEST)?)?;
     let memory = instance.get_memory(&mut store, "memory").expect("exported memory");
     // Everything above the first wasm page traps until the guest maps it.
-    store.data().make_virtual(&store, &memory, PAGE)?;
+    creator.handle(&store, &memory)?.make_virtual(&mut store, PAGE)?;
 
     let upcase = instance.get_typed_func::<(i32, i32), i32>(&mut store, "upcase")?;
     let changed = upcase.call(&mut store, (handle as i32, text.len() as i32))?;
@@ -100,7 +103,7 @@ fn run() -> anyhow::Result<Outcome> {
         text: String::from_utf8(bytes)?,
         changed,
         window_unmapped,
-        shared_runs: report.summary.runs[FrameTag::Shared.index()],
+        shared_runs: report.summary.runs[FrameTag::Shared],
         refusal: reason.map_or_else(|| error.to_string(), ToString::to_string),
         refusal_is_policy: matches!(reason, Some(Error::PolicyDenied { .. })),
         report: report.to_string(),

@@ -43,12 +43,17 @@ fn run() -> anyhow::Result<Outcome> {
     let mut store_a = Store::new(&engine, ());
     let a = Instance::new(&mut store_a, &module, &[])?;
     let memory_a = a.get_memory(&mut store_a, "mem").expect("exported memory");
-    creator.handle(&store_a, &memory_a)?.map_buffer(window_a, &buffer, 0, page, Protection::ReadWrite)?;
+    let handle_a = creator.handle(&store_a, &memory_a)?;
+    // SAFETY: the buffer changes only when guest A writes it, on this thread,
+    // while nothing borrows B's memory (`Memory::data` is never called); it
+    // is never revoked. Likewise for B's window below.
+    unsafe { handle_a.map_buffer(&mut store_a, window_a, &buffer, 0, page, Protection::ReadWrite) }?;
     let mut store_b = Store::new(&engine, ());
     let b = Instance::new(&mut store_b, &module, &[])?;
     let memory_b = b.get_memory(&mut store_b, "mem").expect("exported memory");
     let handle_b = creator.handle(&store_b, &memory_b)?;
-    handle_b.map_buffer(window_b, &buffer, 0, page, Protection::Read)?;
+    // SAFETY: as for A's window above.
+    unsafe { handle_b.map_buffer(&mut store_b, window_b, &buffer, 0, page, Protection::Read) }?;
 
     // A writes 8 bytes into the buffer's page; B reads them from its window.
     let put = a.get_typed_func::<(i32, i64), ()>(&mut store_a, "put")?;

@@ -1,4 +1,12 @@
-//! Code the fuzz targets share.
+//! Code the fuzz targets share: the `memory_ops` target's operations, model
+//! and replay (also replayed by this crate's tests, `cargo test --lib`,
+//! which builds no wasmtime), and, behind the `wasm` feature, what the
+//! wasmtime targets share.
 
+pub mod space_model;
+pub mod space_ops;
+pub mod space_replay;
+#[cfg(test)]
+mod space_tests;
 #[cfg(feature = "wasm")]
 pub mod wasm;

@@ -36,8 +36,8 @@ impl Generated {
     pub fn dump(&self) {
         if let Some(path) = std::env::var_os("FRAMEMAP_FUZZ_WASM") {
             std::fs::write(&path, &self.wasm).expect("write FRAMEMAP_FUZZ_WASM");
-            if let Ok(framemap_wasmtime::prepare::Preparation::Prepared(p)) =
-                framemap_wasmtime::prepare::prepare(&self.wasm)
+            if let Ok(framemap_wasmtime::rewrite::Preparation::Prepared(p)) =
+                framemap_wasmtime::rewrite::prepare(&self.wasm)
             {
                 let mut path = path;
                 path.push(".prepared.wasm");

@@ -1,5 +1,6 @@
-//! Integration tests of `framemap bench`: the JSON rows of a quick run, the
-//! SVG chart, `--module` on a small module and its one-line errors.
+//! Integration tests of `framemap bench`: the JSON rows of a quick run, its
+//! tables (with the contiguous-touch section), the SVG chart, `--module` on a
+//! small module and its one-line errors.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -131,6 +132,9 @@ fn quick_json_has_every_row() {
         }
     }
     for allocator in ALLOCATORS {
+        for k in [16, 256] {
+            required.insert(("instantiate-contiguous".to_owned(), allocator.to_owned(), k));
+        }
         required.insert(("footprint".to_owned(), allocator.to_owned(), 16));
     }
     for allocator in ["wasmtime-ondemand", "framemap"] {
@@ -156,6 +160,33 @@ fn quick_plot_writes_svg_and_tables() {
     }
     assert!(stdout.contains("targets"), "{stdout}");
     assert!(stdout.contains("PASS") || stdout.contains("MISS"), "{stdout}");
+
+    // The contiguous-touch table: its own section after the scattered one,
+    // saying why it exists, with a row per allocator at k=16 and k=256.
+    let scattered = stdout.find("\ninstantiate — ").expect("an instantiate section");
+    let contiguous = stdout.find("\ninstantiate-contiguous — ").expect("an instantiate-contiguous section");
+    assert!(scattered < contiguous, "{stdout}");
+    let section: Vec<&str> = stdout[contiguous + 1..].lines().take_while(|l| !l.is_empty()).collect();
+    assert!(section.iter().any(|l| l.contains("why:") && l.contains("32 dirty")), "{stdout}");
+    for name in ALLOCATORS {
+        for k in ["16", "256"] {
+            let row = section
+                .iter()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|w| w.get(..2) == Some(&[name, k][..]));
+            assert!(row.is_some(), "no k={k} row for {name}: {stdout}");
+        }
+    }
+    // Its ratios, measured and shown without a verdict.
+    for label in [
+        "instantiate-contiguous k=256: framemap / wasmtime-pooling-best",
+        "k=256 scattered / contiguous: wasmtime-pooling-best",
+        "k=256 scattered / contiguous: framemap",
+    ] {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(label));
+        let shown = |l: &&str| !l.contains("n/a") && !l.contains("PASS") && !l.contains("MISS");
+        assert!(line.is_some_and(|l| shown(&l)), "{label}: {stdout}");
+    }
 }
 
 /// Asserts a failed run with exactly one `framemap: error: ...` line and

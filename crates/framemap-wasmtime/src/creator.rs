@@ -11,10 +11,11 @@
 //! tell the memories a slot serves apart).
 
 use crate::error::{Error, Result};
-use crate::memory::{FrameMemory, Slot};
-use crate::pending;
+use crate::handle::{MemoryHandle, Owner};
+use crate::image_plan;
+use crate::memory::{FrameMemory, Recycler, Serving};
 use crate::pool::{IdleSlot, SlotKey, SlotPool};
-use crate::report::MemoryHandle;
+use crate::slot::Slot;
 use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -126,7 +127,7 @@ impl CreatorShared {
     /// A slot of geometry `key` serving a new memory with `minimum`
     /// accessible bytes (a recycled slot if one is idle, a new reservation
     /// otherwise), the memory's generation, and its length and capacity.
-    fn acquire(&self, key: SlotKey, minimum: u64, image: Option<&Image>) -> Result<(Arc<Slot>, u64, (u64, u64))> {
+    fn acquire(&self, key: SlotKey, minimum: u64, image: Option<&Image>) -> Result<Serving> {
         let recycled = {
             let mut pool = lock(&self.pool);
             let taken = pool.take(key, image.map(Image::id));
@@ -137,12 +138,12 @@ impl CreatorShared {
             let served = {
                 let mut state = slot.lock();
                 state.space.restore_layout(minimum, image).is_ok().then(|| {
-                    let size = (state.space.len(), state.space.capacity());
-                    (state.start_serving(), size)
+                    let (len, capacity) = (state.space.len(), state.space.capacity());
+                    (state.start_serving(), len, capacity)
                 })
             };
-            if let Some((generation, size)) = served {
-                return Ok((slot, generation, size));
+            if let Some((generation, len, capacity)) = served {
+                return Ok(Serving { slot, generation, len, capacity });
             }
             // A slot that cannot be laid out is released and a new one is
             // made instead.
@@ -163,21 +164,22 @@ impl CreatorShared {
                 self.prefaulted.fetch_add(bytes, Ordering::Relaxed);
             }
         }
-        let size = (space.len(), space.capacity());
+        let (len, capacity) = (space.len(), space.capacity());
         let slot = Slot::new(space);
         let generation = slot.lock().start_serving();
         lock(&self.slots).insert(slot.base(), Arc::downgrade(&slot));
         self.created.fetch_add(1, Ordering::Relaxed);
-        Ok((slot, generation, size))
+        Ok(Serving { slot, generation, len, capacity })
     }
 
     /// Deregisters a slot whose reservation is about to be released.
     fn forget(&self, slot: &Slot) {
         lock(&self.slots).remove(&slot.base());
     }
+}
 
-    /// Takes back the slot of a dropped memory.
-    pub(crate) fn release(&self, slot: Arc<Slot>, image: Option<BackingId>) {
+impl Recycler for CreatorShared {
+    fn release(&self, slot: Arc<Slot>, image: Option<BackingId>) {
         // A slot that will not be kept is not worth resetting, unless its
         // dirty pages are wanted as an image's working set.
         let room = self.idle.load(Ordering::Relaxed) < self.config.max_idle_slots;
@@ -187,7 +189,8 @@ impl CreatorShared {
             state.stop_serving();
             let space = &mut state.space;
             // A poisoned memory (see `Error::Poisoned`) is never recycled.
-            let reset = (room || learn) && space.poisoned_pages() == 0 && space.zero_dirty(self.config.reset).is_ok();
+            let reset =
+                (room || learn) && space.poisoned_pages() == 0 && space.restore_dirty(self.config.reset).is_ok();
             if reset
                 && learn
                 && let Some(id) = image
@@ -212,16 +215,18 @@ impl CreatorShared {
             self.released.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
+impl CreatorShared {
     fn working_sets_on(&self) -> bool {
         self.any_working_set.load(Ordering::Acquire)
     }
 
     /// A handle to the memory at `base`, if a slot of this creator serves one.
-    fn handle(&self, base: usize) -> Result<MemoryHandle> {
+    fn handle(&self, base: usize, owner: Owner) -> Result<MemoryHandle> {
         let slot = lock(&self.slots).get(&base).and_then(Weak::upgrade).ok_or(Error::NotFramemap { base })?;
         let generation = slot.lock().current().ok_or(Error::NotFramemap { base })?;
-        Ok(MemoryHandle::new(&slot, generation))
+        Ok(MemoryHandle::new(&slot, generation, owner))
     }
 }
 
@@ -318,19 +323,21 @@ impl FrameMemoryCreator {
         }
     }
 
-    /// A read-only handle to the frame table of `memory`, which must have been
-    /// created by this creator.
+    /// A handle to `memory` of `store`, which must have been created by this
+    /// creator. Its changes take `store` (see [`MemoryHandle`]).
     pub fn handle(&self, store: impl AsContext, memory: &Memory) -> Result<MemoryHandle> {
-        self.shared.handle(memory.data_ptr(store) as usize)
+        let owner = Owner::of_store(&store);
+        self.shared.handle(memory.data_ptr(store) as usize, owner)
     }
 
-    /// A read-only handle to the frame table of a shared `memory` created by
-    /// this creator.
+    /// A handle to a shared `memory` created by this creator.
     pub fn handle_shared(&self, memory: &SharedMemory) -> Result<MemoryHandle> {
-        self.shared.handle(memory.data().as_ptr() as usize)
+        self.shared.handle(memory.data().as_ptr() as usize, Owner::Shared)
     }
 
     /// Handles to every memory this creator has alive now, by base address.
+    /// Their stores are unknown, so they inspect only: changes and byte
+    /// copies fail with [`Error::StoreUnknown`].
     pub fn live_memories(&self) -> Vec<MemoryHandle> {
         let mut slots: Vec<_> = lock(&self.shared.slots).values().filter_map(Weak::upgrade).collect();
         slots.sort_by_key(|slot| slot.base());
@@ -338,14 +345,14 @@ impl FrameMemoryCreator {
             .iter()
             .filter_map(|slot| {
                 let generation = slot.lock().current()?;
-                Some(MemoryHandle::new(slot, generation))
+                Some(MemoryHandle::new(slot, generation, Owner::Unknown))
             })
             .collect()
     }
 
     /// A report on every memory alive now (see [`MemoryHandle::report`]);
     /// memories dropped meanwhile are skipped.
-    pub fn live_reports(&self) -> Vec<crate::FrameReport> {
+    pub fn live_reports(&self) -> Vec<crate::report::FrameReport> {
         self.live_memories().iter().filter_map(|m| m.report().ok()).collect()
     }
 }
@@ -375,9 +382,9 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         )
         .map_err(|e| e.to_string())?;
         let minimum = minimum as u64;
-        let memory = pending::with_image(Arc::as_ptr(&self.shared) as usize, &ty, |image| {
-            let (slot, generation, size) = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;
-            Ok::<_, String>(FrameMemory::new(slot, generation, size, self.shared.clone(), image.map(Image::id)))
+        let memory = image_plan::with_image(Arc::as_ptr(&self.shared) as usize, &ty, |image| {
+            let serving = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;
+            Ok::<_, String>(FrameMemory::new(serving, self.shared.clone(), image.map(Image::id)))
         })?;
         Ok(Box::new(memory))
     }

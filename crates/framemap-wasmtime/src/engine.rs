@@ -1,4 +1,4 @@
-//! [`engine`]: one call from a `wasmtime::Config` to an `Engine` whose every
+//! [`configure`] and [`engine`]: from a `wasmtime::Config` to an `Engine` whose every
 //! memory is a framemap memory, refusing the settings that would void
 //! framemap's guarantees.
 //!
@@ -14,12 +14,40 @@
 //! the `Config`'s `Debug` output, which lists every tunable set explicitly
 //! (wasmtime is pinned to one version, and a test pins this reading).
 
-use crate::FrameMemoryCreator;
+use crate::creator::FrameMemoryCreator;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 use wasmtime::{Config, Engine};
 
-/// Applies [`crate::configure`] to `config` (after everything the caller
+/// Makes `config` create every memory with `creator`, and sets what that
+/// requires:
+///
+/// - `memory_init_cow(false)`: wasmtime 48's copy-on-write initialisation
+///   assumes memories it allocated itself and panics on a custom creator's
+///   (wasmtime issue #10740); with it off, data segments are copied into the
+///   memory at instantiation. With fuel on, wasmtime charges
+///   `memory_init_per_byte` fuel for each byte it copies, so a plain module
+///   uses more instantiation fuel on a framemap engine than on wasmtime's
+///   copy-on-write memories; a [`PreparedModule`] copies nothing and uses the
+///   same fuel as the latter.
+///
+/// A memory whose minimum exceeds `memory_reservation` gets its minimum plus
+/// [`CreatorConfig::growth_reserve`] reserved, as wasmtime's own memories get
+/// their minimum plus `memory_reservation_for_growth` (which wasmtime does not
+/// pass to a creator: [`engine`] copies it over; with `configure` alone, keep
+/// the two equal for identical growth behaviour).
+///
+/// Prefer [`engine`], which calls this after everything else the caller set
+/// and refuses the settings that void framemap's guarantees (the pooling
+/// allocator, traps without signal handlers).
+/// - `memory_may_move(false)` and `gc_heap_may_move(false)`: framemap memories
+///   never move, and saying so lets compiled code keep the base pointer in a
+///   register across growth.
+pub fn configure(config: &mut wasmtime::Config, creator: Arc<FrameMemoryCreator>) -> &mut wasmtime::Config {
+    config.with_host_memory(creator).memory_init_cow(false).memory_may_move(false).gc_heap_may_move(false)
+}
+
+/// Applies [`configure`] to `config` (after everything the caller
 /// set), checks the result, and builds the engine.
 ///
 /// Refused with [`Error::Misconfigured`]:
@@ -33,7 +61,7 @@ use wasmtime::{Config, Engine};
 /// reserve (see [`crate::CreatorConfig::growth_reserve`]), so framemap
 /// memories grow as wasmtime's own would.
 pub fn engine(config: &mut Config, creator: Arc<FrameMemoryCreator>) -> Result<Engine> {
-    crate::configure(config, creator.clone());
+    configure(config, creator.clone());
     let settings = format!("{config:?}");
     if setting(&settings, "signals_based_traps") == Some("false") {
         return Err(Error::Misconfigured {

@@ -1,93 +1,30 @@
 //! [`FrameMemory`]: one framemap slot serving wasmtime as a `LinearMemory`.
 //!
-//! Every reservation a creator makes is a [`Slot`], made and registered with
-//! the creator (by base address) once, then kept until its reservation is
-//! released: serving one memory, or idle in the pool between two. The space
-//! sits behind the slot's mutex, which handles take while the guest runs; the
-//! guest itself never takes it (it accesses the memory through its base
-//! pointer), and the accessible size wasmtime polls is cached in the
-//! `FrameMemory`, which only `grow_to` changes.
-//!
-//! Invariant: each memory a slot serves is one generation of the slot. The
-//! generation advances when the slot starts serving a memory and the slot is
-//! live until that memory is dropped, so a handle, which names the
-//! generation it was made for, never reaches an idle slot, nor a later
-//! memory on the same reservation.
+//! The accessible size wasmtime polls is cached in the `FrameMemory`, which
+//! only `grow_to` changes. A dropped memory gives its slot back to the
+//! [`Recycler`] it was made with (the creator's pool), the only thing a
+//! memory knows of its creator.
 
-use crate::creator::CreatorShared;
 use crate::error::Error;
-use framemap::{BackingId, LinearSpace};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use crate::slot::Slot;
+use framemap::BackingId;
+use std::fmt::Debug;
+use std::sync::Arc;
 
-/// One reservation of a creator, for its whole life.
+/// Where a dropped memory's slot goes: reset into the pool, or released.
+pub(crate) trait Recycler: Debug + Send + Sync {
+    /// Takes back the slot of a dropped memory that started from `image`.
+    fn release(&self, slot: Arc<Slot>, image: Option<BackingId>);
+}
+
+/// A slot that has just started serving a memory: the memory's generation
+/// and its space's accessible length and capacity, in bytes.
 #[derive(Debug)]
-pub(crate) struct Slot {
-    base: usize,
-    state: Mutex<SlotState>,
-}
-
-/// A slot's space and whom it serves.
-#[derive(Debug)]
-pub(crate) struct SlotState {
-    pub space: LinearSpace,
-    /// The memory generation served now or last (0: none yet).
-    generation: u64,
-    /// Whether generation `generation` is alive.
-    live: bool,
-}
-
-impl SlotState {
-    /// The space, if the slot serves memory generation `generation` now.
-    pub fn serving(&mut self, generation: u64) -> Option<&mut LinearSpace> {
-        (self.live && self.generation == generation).then_some(&mut self.space)
-    }
-
-    /// The generation served now, if the slot serves a memory.
-    pub fn current(&self) -> Option<u64> {
-        self.live.then_some(self.generation)
-    }
-
-    /// Starts serving a new memory and returns its generation.
-    pub fn start_serving(&mut self) -> u64 {
-        self.generation += 1;
-        self.live = true;
-        self.generation
-    }
-
-    /// Stops serving the current memory: handles to it go stale at once.
-    pub fn stop_serving(&mut self) {
-        self.live = false;
-    }
-}
-
-impl Slot {
-    /// A slot around a freshly made space, serving nothing yet.
-    pub(crate) fn new(space: LinearSpace) -> Arc<Slot> {
-        let base = space.base().as_ptr() as usize;
-        let slot = Arc::new(Slot { base, state: Mutex::new(SlotState { space, generation: 0, live: false }) });
-        // Revocation reaches the space through its slot.
-        let weak: Weak<Slot> = Arc::downgrade(&slot);
-        slot.lock().space.set_window_host(weak);
-        slot
-    }
-
-    pub(crate) fn base(&self) -> usize {
-        self.base
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, SlotState> {
-        // A panic while holding the lock cannot leave the space half-updated
-        // in a way later users could observe (its methods keep the table and
-        // the mappings in step), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl framemap::WindowHost for Slot {
-    fn revoke_windows(&self, buffer: BackingId) -> framemap::Result<()> {
-        // Idle slots too: a revoked buffer is unmapped everywhere.
-        self.lock().space.unmap_buffer(buffer)
-    }
+pub(crate) struct Serving {
+    pub slot: Arc<Slot>,
+    pub generation: u64,
+    pub len: u64,
+    pub capacity: u64,
 }
 
 /// The `LinearMemory` wasmtime holds for each framemap memory.
@@ -97,7 +34,7 @@ pub(crate) struct FrameMemory {
     slot: Option<Arc<Slot>>,
     generation: u64,
     base: usize,
-    creator: Arc<CreatorShared>,
+    recycler: Arc<dyn Recycler>,
     len: usize,
     capacity: usize,
     /// The image the memory started from, if any.
@@ -105,21 +42,15 @@ pub(crate) struct FrameMemory {
 }
 
 impl FrameMemory {
-    /// The memory served by `slot` as generation `generation`, whose space
-    /// is `len` bytes long with room for `capacity`.
-    pub(crate) fn new(
-        slot: Arc<Slot>,
-        generation: u64,
-        (len, capacity): (u64, u64),
-        creator: Arc<CreatorShared>,
-        image: Option<BackingId>,
-    ) -> FrameMemory {
+    /// The memory a slot serves (see [`Serving`]).
+    pub(crate) fn new(serving: Serving, recycler: Arc<dyn Recycler>, image: Option<BackingId>) -> FrameMemory {
+        let Serving { slot, generation, len, capacity } = serving;
         let base = slot.base();
         FrameMemory {
             slot: Some(slot),
             generation,
             base,
-            creator,
+            recycler,
             len: len as usize,
             capacity: capacity as usize,
             image,
@@ -164,7 +95,7 @@ unsafe impl wasmtime::LinearMemory for FrameMemory {
 impl Drop for FrameMemory {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            self.creator.release(slot, self.image);
+            self.recycler.release(slot, self.image);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! geometry (capacity and guard), so a recycled memory has precisely the
 //! reservation wasmtime asked for.
 
-use crate::memory::Slot;
+use crate::slot::Slot;
 use framemap::BackingId;
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;

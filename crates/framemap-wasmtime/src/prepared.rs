@@ -14,8 +14,8 @@
 
 use crate::creator::FrameMemoryCreator;
 use crate::error::{Error, Result};
-use crate::pending::{MemoryFacts, MemoryPlan, Pending, WithPlan};
-use crate::prepare::{MemoryInit, NotPrepared, Preparation, defined_memories, prepare};
+use crate::image_plan::{MemoryFacts, MemoryPlan, Pending, WithPlan};
+use crate::rewrite::{MemoryInit, NotPrepared, Preparation, defined_memories, prepare};
 use framemap::Image;
 use std::sync::Arc;
 use wasmtime::{AsContextMut, Engine, Extern, Instance, InstancePre, Linker, Module};
@@ -145,8 +145,10 @@ impl PreparedModule {
     /// embedder-provided snapshot or file, say, mapped copy-on-write like any
     /// image; `None` starts the memory zeroed. The module's data segments for
     /// that memory are not applied on top (they were cut). Refused if the
-    /// image is larger than the memory's initial size, or if the module's
-    /// segments could not be cut (then instantiation copies them itself).
+    /// image is larger than the memory's initial size, if others may still
+    /// write its file ([`Error::MutableImage`]: the memory's bytes could
+    /// change under a borrow of them), or if the module's segments could not
+    /// be cut (then instantiation copies them itself).
     pub fn set_image(&mut self, memory: usize, image: Option<Image>) -> Result<()> {
         let reason = self.not_prepared.clone();
         let plan = self.plan.as_mut().ok_or(Error::NotPrepared { reason })?;
@@ -155,10 +157,13 @@ impl PreparedModule {
         let count = plan.len();
         let planned = plan.get_mut(memory).ok_or(Error::NoSuchMemory { memory, count })?;
         let limit = planned.facts.minimum_bytes.next_multiple_of(framemap::host_page_size() as u64);
-        if let Some(image) = &image
-            && image.len() > limit
-        {
-            return Err(Error::ImageTooLarge { memory, image: image.len(), limit });
+        if let Some(image) = &image {
+            if image.len() > limit {
+                return Err(Error::ImageTooLarge { memory, image: image.len(), limit });
+            }
+            if !image.is_immutable() {
+                return Err(Error::MutableImage { image: image.id() });
+            }
         }
         planned.image = image;
         Ok(())

@@ -12,8 +12,8 @@
 //! The documented outcome (ARCHITECTURE.md, "the hole guard"): the access
 //! completes on private zero pages, the memory is *poisoned*, its frame
 //! table is reconciled with what the guard mapped (it validates), every
-//! later guest memory-control call traps with `Error::Poisoned`, host
-//! handle operations that would change it fail with the same error, and no
+//! later guest memory-control call traps with `Error::Poisoned` (inside
+//! `memctl::Error::Memory`), host handle operations that would change it fail with the same error, and no
 //! byte reaches a revoked buffer.
 
 use framemap::{FrameTag, Protection, SharedBuffer};
@@ -122,10 +122,11 @@ impl Guest {
         self.handle.validate().unwrap();
         let trap = self.call::<(i32, i32), ()>("unmap", (2 * PAGE, PAGE)).unwrap_err();
         assert!(
-            matches!(trap.downcast_ref::<Error>(), Some(Error::Poisoned { .. })),
+            matches!(trap.downcast_ref::<memctl::Error>(), Some(memctl::Error::Memory(Error::Poisoned { .. }))),
             "memctl on a poisoned memory: {trap:?}"
         );
-        let refused = self.handle.map_zero(3 * PAGE as u64, PAGE as u64, Protection::ReadWrite).unwrap_err();
+        let refused =
+            self.handle.map_zero(&mut self.store, 3 * PAGE as u64, PAGE as u64, Protection::ReadWrite).unwrap_err();
         assert!(matches!(refused, Error::Poisoned { .. }), "{refused:?}");
         // Wasm code keeps running on the other pages.
         assert_eq!(self.call::<i32, i32>("load", 3 * PAGE).unwrap(), 0);
@@ -181,7 +182,7 @@ fn memory_copy_from_a_hole() {
         g.call::<(i32, i32, i32), ()>("copy", (3 * PAGE, HOLE, 4096)).unwrap();
         // The bytes copied out of the hole are zeros, never anyone's data.
         let mut copied = vec![0xffu8; 4096];
-        g.handle.read(3 * PAGE as u64, &mut copied).unwrap();
+        g.handle.read(&g.store, 3 * PAGE as u64, &mut copied).unwrap();
         assert!(copied.iter().all(|&b| b == 0));
         g.assert_poisoned();
     });
@@ -285,7 +286,7 @@ fn host_memory_data_over_a_hole() {
 fn memory_fill_after_a_host_unmap() {
     in_child("memory_fill_after_a_host_unmap", || {
         let mut g = Guest::new();
-        g.handle.unmap(HOLE as u64, PAGE as u64).unwrap();
+        g.handle.unmap(&mut g.store, HOLE as u64, PAGE as u64).unwrap();
         g.call::<(i32, i32), ()>("fill", (HOLE, 300)).unwrap();
         g.assert_poisoned();
     });
@@ -295,7 +296,7 @@ fn memory_fill_after_a_host_unmap() {
 fn memory_fill_after_make_virtual() {
     in_child("memory_fill_after_make_virtual", || {
         let mut g = Guest::new();
-        MemCtl::new(g.creator.clone()).make_virtual(&g.store, &g.memory, 2 * PAGE as u64).unwrap();
+        g.handle.make_virtual(&mut g.store, 2 * PAGE as u64).unwrap();
         g.call::<(i32, i32), ()>("fill", (2 * PAGE - 8, 16)).unwrap();
         let report = g.handle.report().unwrap();
         assert!(report.poisoned_pages > 0, "{report:?}");
@@ -315,7 +316,9 @@ fn memory_fill_over_a_revoked_window_reaches_no_buffer() {
         file.set_len(PAGE as u64).unwrap();
         let ours = file.try_clone().unwrap();
         let buffer = SharedBuffer::from_fd(file, PAGE as u64).unwrap();
-        g.handle.map_buffer(HOLE as u64, &buffer, 0, PAGE as u64, Protection::ReadWrite).unwrap();
+        // SAFETY: nothing borrows the memory's bytes (`Memory::data`) while the buffer is revoked below.
+        unsafe { g.handle.map_buffer(&mut g.store, HOLE as u64, &buffer, 0, PAGE as u64, Protection::ReadWrite) }
+            .unwrap();
         g.call::<(i32, i32), ()>("fill", (HOLE, 16)).unwrap();
         let mut seen = [0u8; 16];
         ours.read_exact_at(&mut seen, 0).unwrap();
@@ -380,8 +383,12 @@ fn a_guest_over_its_run_budget_traps() {
     let mut store = Store::new(&engine, MemCtl::new(creator.clone()));
     let instance = linker.instantiate(&mut store, &module).unwrap();
     let trap = instance.get_typed_func::<(), ()>(&mut store, "toggle").unwrap().call(&mut store, ()).unwrap_err();
-    match trap.downcast_ref::<Error>() {
-        Some(Error::Window { source: framemap::Error::RunBudget { runs, budget: 64 }, .. }) => assert_eq!(*runs, 65),
+    match trap.downcast_ref::<memctl::Error>() {
+        Some(memctl::Error::Memory(Error::Window {
+            source: framemap::Error::RunBudget { runs, budget: 64 }, ..
+        })) => {
+            assert_eq!(*runs, 65)
+        }
         other => panic!("expected a run-budget trap, got {other:?} ({trap:?})"),
     }
     let done = instance.get_global(&mut store, "done").unwrap().get(&mut store).i32().unwrap();

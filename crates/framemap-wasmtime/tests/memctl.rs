@@ -2,7 +2,7 @@
 //! rounding, their traps, and that a rejected call changes nothing.
 
 use framemap::{FrameKind, FrameTag, Protection, SharedBuffer};
-use framemap_wasmtime::Error;
+use framemap_wasmtime::memctl::Error;
 use framemap_wasmtime::memctl::{self, Access, BufferRequest, MemCtl};
 use framemap_wasmtime::{FrameMemoryCreator, MemoryHandle, configure};
 use std::sync::Arc;
@@ -164,7 +164,8 @@ fn anonymous_pages_read_zero_and_take_writes_after_rounding() {
 fn a_granted_buffer_is_shared_both_ways() {
     let mut g = guest();
     let buffer = patterned(2 * PAGE);
-    let handle = g.store.data_mut().grant(buffer.clone(), Access::ReadWrite).unwrap();
+    // SAFETY: the test never borrows the memory's bytes (`Memory::data`) while the buffer is written or revoked.
+    let handle = unsafe { g.store.data_mut().grant(buffer.clone(), Access::ReadWrite) }.unwrap();
     g.unmap(2 * PAGE, PAGE).unwrap();
     // The second page of the buffer, at wasm page 2.
     assert_eq!(g.map_buffer(2 * PAGE + 3, 1, RW, handle, PAGE).unwrap(), 2 * PAGE);
@@ -184,7 +185,7 @@ fn a_granted_buffer_is_shared_both_ways() {
     out_of_bounds(g.load(2 * PAGE).unwrap_err());
     buffer.read(PAGE, &mut host).unwrap();
     assert_eq!(host[1], 0xee);
-    assert_eq!(g.handle().report().unwrap().summary.runs[FrameTag::Shared.index()], 0);
+    assert_eq!(g.handle().report().unwrap().summary.runs[FrameTag::Shared], 0);
     g.handle().validate().unwrap();
 }
 
@@ -240,8 +241,7 @@ fn discard_zeroes_and_an_empty_discard_does_nothing() {
 #[test]
 fn virtual_pages_trap_until_mapped() {
     let mut g = guest();
-    let (memctl, memory) = (g.store.data(), g.memory);
-    memctl.make_virtual(&g.store, &memory, PAGE).unwrap();
+    g.handle().make_virtual(&mut g.store, PAGE).unwrap();
     assert_eq!(g.load(0).unwrap(), b'd', "below the virtual part, the data segment stays");
     for addr in [PAGE, 2 * PAGE + 9, 4 * PAGE - 1] {
         out_of_bounds(g.load(addr).unwrap_err());
@@ -250,16 +250,16 @@ fn virtual_pages_trap_until_mapped() {
     g.store(2 * PAGE + 9, 1).unwrap();
     out_of_bounds(g.load(PAGE).unwrap_err());
     let report = g.handle().report().unwrap();
-    assert_eq!(report.summary.bytes[FrameTag::Zero.index()], 2 * PAGE);
+    assert_eq!(report.summary.bytes[FrameTag::Zero], 2 * PAGE);
     // Bad arguments are specific errors on the host side too.
-    let memctl = g.store.data();
-    let past = memctl.make_virtual(&g.store, &memory, 5 * PAGE).unwrap_err();
-    assert!(matches!(past, Error::OutOfBounds { .. }), "{past}");
-    let misaligned = memctl.make_virtual(&g.store, &memory, 3).unwrap_err();
-    let misaligned_source = matches!(&misaligned, Error::Window { source: framemap::Error::Misaligned { .. }, .. });
+    let past = g.handle().make_virtual(&mut g.store, 5 * PAGE).unwrap_err();
+    assert!(matches!(past, framemap_wasmtime::Error::OutOfBounds { .. }), "{past}");
+    let misaligned = g.handle().make_virtual(&mut g.store, 3).unwrap_err();
+    let misaligned_source =
+        matches!(&misaligned, framemap_wasmtime::Error::Window { source: framemap::Error::Misaligned { .. }, .. });
     assert!(misaligned_source, "{misaligned}");
     assert_eq!(g.handle().report().unwrap(), report, "refused host calls change nothing");
-    memctl.make_virtual(&g.store, &memory, 4 * PAGE).unwrap();
+    g.handle().make_virtual(&mut g.store, 4 * PAGE).unwrap();
     g.handle().validate().unwrap();
 }
 
@@ -367,12 +367,15 @@ fn rejected_calls_trap_with_their_rule_and_change_nothing() {
     let mut g = guest_with(|r: &BufferRequest<'_>| r.buffer.len() <= 2 * PAGE);
     let read_only = patterned(PAGE);
     let memctl = g.store.data_mut();
-    let handles = Handles {
-        read_only: memctl.grant(read_only.clone(), Access::Read).unwrap(),
-        read_write: memctl.grant(patterned(2 * PAGE), Access::ReadWrite).unwrap(),
-        taken_back: memctl.grant(patterned(PAGE), Access::ReadWrite).unwrap(),
-        revoked: memctl.grant(patterned(PAGE), Access::ReadWrite).unwrap(),
-        denied: memctl.grant(patterned(4 * PAGE), Access::ReadWrite).unwrap(),
+    // SAFETY: the test never borrows the memory's bytes (`Memory::data`) while the buffer is written or revoked.
+    let handles = unsafe {
+        Handles {
+            read_only: memctl.grant(read_only.clone(), Access::Read).unwrap(),
+            read_write: memctl.grant(patterned(2 * PAGE), Access::ReadWrite).unwrap(),
+            taken_back: memctl.grant(patterned(PAGE), Access::ReadWrite).unwrap(),
+            revoked: memctl.grant(patterned(PAGE), Access::ReadWrite).unwrap(),
+            denied: memctl.grant(patterned(4 * PAGE), Access::ReadWrite).unwrap(),
+        }
     };
     assert!(memctl.revoke_handle(handles.taken_back).is_some());
     assert!(memctl.revoke_handle(handles.taken_back).is_none());
@@ -397,7 +400,8 @@ fn rejected_calls_trap_with_their_rule_and_change_nothing() {
     assert_eq!(g.load(3 * PAGE).unwrap(), 1);
     assert_eq!(g.load(0).unwrap(), b'd');
     // A read-write grant of the same buffer lets the guest raise its window.
-    let rw = g.store.data_mut().grant(read_only.clone(), Access::ReadWrite).unwrap();
+    // SAFETY: the test never borrows the memory's bytes (`Memory::data`) while the buffer is written or revoked.
+    let rw = unsafe { g.store.data_mut().grant(read_only.clone(), Access::ReadWrite) }.unwrap();
     g.protect(2 * PAGE, PAGE, RW).unwrap();
     g.store(2 * PAGE, 0x55).unwrap();
     let mut byte = [0u8];
@@ -412,7 +416,8 @@ fn rejected_calls_trap_with_their_rule_and_change_nothing() {
 fn revoking_a_mapped_buffer_makes_its_window_trap() {
     let mut g = guest();
     let buffer = patterned(PAGE);
-    let handle = g.store.data_mut().grant(buffer.clone(), Access::Read).unwrap();
+    // SAFETY: the test never borrows the memory's bytes (`Memory::data`) while the buffer is written or revoked.
+    let handle = unsafe { g.store.data_mut().grant(buffer.clone(), Access::Read) }.unwrap();
     g.unmap(PAGE, PAGE).unwrap();
     g.map_buffer(PAGE, PAGE, R, handle, 0).unwrap();
     assert_eq!(g.load(PAGE).unwrap(), 1);
@@ -431,9 +436,11 @@ fn handles_are_positive_and_never_reused() {
     let creator = FrameMemoryCreator::new();
     let mut memctl = MemCtl::new(creator);
     let buffer = SharedBuffer::new(PAGE).unwrap();
-    let a = memctl.grant(buffer.clone(), Access::Read).unwrap();
+    // SAFETY: no memory exists: the grants are never mapped.
+    let a = unsafe { memctl.grant(buffer.clone(), Access::Read) }.unwrap();
     memctl.revoke_handle(a).unwrap();
-    let b = memctl.grant(buffer.clone(), Access::ReadWrite).unwrap();
+    // SAFETY: as above.
+    let b = unsafe { memctl.grant(buffer.clone(), Access::ReadWrite) }.unwrap();
     assert!(a > 0 && b > a, "{a} {b}");
     assert_eq!(memctl.granted(b).map(|(buf, access)| (buf.id(), access)), Some((buffer.id(), Access::ReadWrite)));
     assert!(memctl.granted(a).is_none());
@@ -447,7 +454,7 @@ fn memories_framemap_did_not_make_trap() {
     let engine = Engine::default();
     let mut g = instantiate(&engine, &creator, GUEST, MemCtl::new(creator.clone()));
     let error = g.unmap(0, 1).unwrap_err();
-    assert!(matches!(memctl_error(&error), Error::NotFramemap { .. }), "{error:?}");
+    assert!(matches!(memctl_error(&error), Error::Memory(framemap_wasmtime::Error::NotFramemap { .. })), "{error:?}");
     assert_eq!(g.load(0).unwrap(), b'd', "nothing changed");
 
     // A framemap memory, but the MemCtl looks for another export name.

@@ -3,7 +3,7 @@
 //! the image.
 
 use framemap::{FrameKind, FrameTag};
-use framemap_wasmtime::prepare::NotPrepared;
+use framemap_wasmtime::rewrite::NotPrepared;
 use framemap_wasmtime::{CreatorConfig, FrameMemoryCreator, PreparedModule, configure};
 use std::sync::Arc;
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store};
@@ -67,7 +67,7 @@ fn prepared_memory_equals_the_unprepared_one() {
     let (first, frame) = report.runs[0];
     assert_eq!(first.start, 0);
     assert_eq!(frame.kind(), FrameKind::Image { image: image.id(), page: 0 });
-    assert!(report.summary.bytes[FrameTag::Image.index()] >= 8 * 1024 * 1024 - 4096);
+    assert!(report.summary.bytes[FrameTag::Image] >= 8 * 1024 * 1024 - 4096);
 }
 
 #[test]

@@ -79,7 +79,8 @@ fn truncation_while_a_guest_reads(guard_first: bool) {
     let buffer = SharedBuffer::from_fd(file.try_clone().unwrap(), 2 * page).unwrap();
     assert!(!buffer.is_sealed());
     assert!(framemap::sigbus_guard_installed());
-    handle.map_buffer(WINDOW, &buffer, 0, 2 * page, Protection::Read).unwrap();
+    // SAFETY: the memory is shared: wasmtime lends its bytes only as `UnsafeCell`s.
+    unsafe { handle.map_buffer(&mut store, WINDOW, &buffer, 0, 2 * page, Protection::Read) }.unwrap();
     handle.validate().unwrap();
 
     let error = std::thread::scope(|s| {
@@ -113,9 +114,9 @@ fn truncation_while_a_guest_reads(guard_first: bool) {
     // The table follows the kernel: the demoted window reads as unmapped.
     handle.validate().unwrap();
     let report = handle.report().unwrap();
-    assert_eq!(report.summary.bytes[FrameTag::Shared.index()], 0, "{report}");
+    assert_eq!(report.summary.bytes[FrameTag::Shared], 0, "{report}");
     // The next change folds the demotion into the table for good.
-    handle.map_zero(0, page, Protection::ReadWrite).unwrap();
+    handle.map_zero(&mut store, 0, page, Protection::ReadWrite).unwrap();
     let report = handle.report().unwrap();
     let window = (WINDOW / page)..(WINDOW / page + 2);
     for (run, frame) in &report.runs {
@@ -124,7 +125,9 @@ fn truncation_while_a_guest_reads(guard_first: bool) {
         }
     }
     handle.validate().unwrap();
-    assert!(handle.map_buffer(WINDOW, &buffer, 0, page, Protection::Read).is_err(), "truncated: no new window");
+    // SAFETY: as above.
+    let truncated = unsafe { handle.map_buffer(&mut store, WINDOW, &buffer, 0, page, Protection::Read) };
+    assert!(truncated.is_err(), "truncated: no new window");
     // The process is alive and wasmtime still works.
     let again = Instance::new(&mut store, &owner, &[]).unwrap();
     assert!(again.get_shared_memory(&mut store, "m").is_some());

@@ -1,8 +1,8 @@
 //! Windows on live wasmtime memories: host buffers remapped under running
 //! guest threads, revocation, and refused requests.
 
-use framemap::{FrameTag, Protection, SharedBuffer};
-use framemap_wasmtime::{FrameMemoryCreator, configure};
+use framemap::{FrameTag, Image, Protection, SharedBuffer};
+use framemap_wasmtime::{Error, FrameMemoryCreator, PreparedModule, configure};
 use std::sync::Arc;
 use wasmtime::{Config, Engine, Instance, Module, Store, Trap};
 
@@ -65,7 +65,8 @@ fn guests_read_whole_pages_while_the_host_remaps_then_trap_on_revocation() {
     let handle = creator.handle_shared(&shared).unwrap();
     let (a, b) = (patterned(PATTERN_A), patterned(PATTERN_B));
     let page = framemap::host_page_size() as u64;
-    handle.map_buffer(WINDOW, &a, 0, page, Protection::Read).unwrap();
+    // SAFETY: the memory is shared, or nothing borrows its bytes (`Memory::data`) while the buffer changes.
+    unsafe { handle.map_buffer(&mut store, WINDOW, &a, 0, page, Protection::Read) }.unwrap();
 
     const REMAPS: usize = 5000;
     let outcomes = std::thread::scope(|s| {
@@ -85,7 +86,8 @@ fn guests_read_whole_pages_while_the_host_remaps_then_trap_on_revocation() {
         }
         for i in 0..REMAPS {
             let buffer = if i % 2 == 0 { &b } else { &a };
-            handle.map_buffer(WINDOW, buffer, 0, page, Protection::Read).unwrap();
+            // SAFETY: as above.
+            unsafe { handle.map_buffer(&mut store, WINDOW, buffer, 0, page, Protection::Read) }.unwrap();
         }
         let scans_while_remapping = counter(&shared, 16);
         handle.validate().unwrap();
@@ -103,7 +105,7 @@ fn guests_read_whole_pages_while_the_host_remaps_then_trap_on_revocation() {
     }
     handle.validate().unwrap();
     let report = handle.report().unwrap();
-    assert_eq!(report.summary.runs[FrameTag::Shared.index()], 0, "revocation left no shared frame");
+    assert_eq!(report.summary.runs[FrameTag::Shared], 0, "revocation left no shared frame");
 }
 
 #[test]
@@ -124,32 +126,104 @@ fn window_requests_on_a_live_memory_are_checked() {
     let page = framemap::host_page_size() as u64;
     let buffer = patterned(PATTERN_B);
 
-    handle.map_buffer(page, &buffer, 0, page, Protection::Read).unwrap();
+    // SAFETY: the memory is shared, or nothing borrows its bytes (`Memory::data`) while the buffer changes.
+    unsafe { handle.map_buffer(&mut store, page, &buffer, 0, page, Protection::Read) }.unwrap();
     assert_eq!(peek.call(&mut store, page as i32).unwrap(), 0x22);
     let before = handle.report().unwrap();
-    assert!(handle.map_buffer(65536, &buffer, 0, page, Protection::Read).is_err(), "past the memory's size");
-    assert!(handle.map_buffer(0, &buffer, 0, 2 * page, Protection::Read).is_err(), "past the buffer's end");
-    assert!(handle.map_buffer(1, &buffer, 0, page, Protection::Read).is_err(), "unaligned");
-    assert!(handle.discard(page, page).is_err(), "shared frames are the host's");
+    let mut map = |offset, len| {
+        // SAFETY: nothing borrows the memory's bytes (`Memory::data`) while
+        // the buffer changes.
+        unsafe { handle.map_buffer(&mut store, offset, &buffer, 0, len, Protection::Read) }
+    };
+    assert!(map(65536, page).is_err(), "past the memory's size");
+    assert!(map(0, 2 * page).is_err(), "past the buffer's end");
+    assert!(map(1, page).is_err(), "unaligned");
+    assert!(handle.discard(&mut store, page, page).is_err(), "shared frames are the host's");
     assert_eq!(handle.report().unwrap(), before, "refused requests change nothing");
 
-    handle.unmap(2 * page, page).unwrap();
+    handle.unmap(&mut store, 2 * page, page).unwrap();
     let trap = peek.call(&mut store, 2 * page as i32).unwrap_err();
     assert_eq!(trap.downcast_ref::<Trap>(), Some(&Trap::MemoryOutOfBounds));
-    assert!(handle.protect(2 * page, page, Protection::Read).is_err(), "unmapped pages have no protection");
-    handle.map_zero(2 * page, page, Protection::ReadWrite).unwrap();
+    assert!(handle.protect(&mut store, 2 * page, page, Protection::Read).is_err(), "unmapped pages have no protection");
+    handle.map_zero(&mut store, 2 * page, page, Protection::ReadWrite).unwrap();
     assert_eq!(peek.call(&mut store, 2 * page as i32).unwrap(), 0);
     // Checked host access: through the window, and refused on holes.
     let mut word = [0u8; 8];
-    handle.read(page, &mut word).unwrap();
+    handle.read(&store, page, &mut word).unwrap();
     assert_eq!(u64::from_le_bytes(word), PATTERN_B);
-    assert!(handle.write(page, &[1]).is_err(), "a read-only window");
-    handle.write(2 * page + 3, &[9]).unwrap();
+    assert!(handle.write(&mut store, page, &[1]).is_err(), "a read-only window");
+    handle.write(&mut store, 2 * page + 3, &[9]).unwrap();
     assert_eq!(peek.call(&mut store, 2 * page as i32 + 3).unwrap(), 9);
     buffer.revoke().unwrap();
     assert!(peek.call(&mut store, page as i32).is_err(), "a revoked window traps");
-    assert!(handle.read(page, &mut word).is_err(), "the host is refused where the guest traps");
-    assert!(handle.read(65536 - 4, &mut word).is_err(), "past the memory's size");
-    assert!(handle.map_buffer(0, &buffer, 0, page, Protection::Read).is_err(), "revoked buffers cannot be mapped");
+    assert!(handle.read(&store, page, &mut word).is_err(), "the host is refused where the guest traps");
+    assert!(handle.read(&store, 65536 - 4, &mut word).is_err(), "past the memory's size");
+    // SAFETY: as above.
+    let revoked = unsafe { handle.map_buffer(&mut store, 0, &buffer, 0, page, Protection::Read) };
+    assert!(revoked.is_err(), "revoked buffers cannot be mapped");
+    handle.validate().unwrap();
+}
+
+/// The borrow rule (ARCHITECTURE.md, "borrows of guest memory"): a handle
+/// changes or copies its memory's bytes only with the store that owns it
+/// (a live `Memory::data` borrow of that store then cannot exist; the
+/// compile-time half is the `compile_fail` example on `MemoryHandle`), a
+/// handle found without its store only inspects, and an image whose file
+/// others may still write never backs a memory wasmtime lends as `&[u8]`.
+#[test]
+fn handles_change_memories_only_through_the_store_that_owns_them() {
+    let creator = FrameMemoryCreator::new();
+    let engine = engine(&creator);
+    let module = Module::new(&engine, r#"(module (memory (export "m") 1))"#).unwrap();
+    let page = framemap::host_page_size() as u64;
+    let mut owner = Store::new(&engine, ());
+    let memory = Instance::new(&mut owner, &module, &[]).unwrap().get_memory(&mut owner, "m").unwrap();
+    let mut stranger = Store::new(&engine, ());
+    let _other = Instance::new(&mut stranger, &module, &[]).unwrap();
+    let handle = creator.handle(&owner, &memory).unwrap();
+    let before = handle.report().unwrap();
+
+    let wrong = |r: framemap_wasmtime::Result<()>| matches!(r, Err(Error::WrongStore { .. }));
+    assert!(wrong(handle.unmap(&mut stranger, 0, page)));
+    assert!(wrong(handle.protect(&mut stranger, 0, page, Protection::Read)));
+    assert!(wrong(handle.discard(&mut stranger, 0, page)));
+    assert!(wrong(handle.map_zero(&mut stranger, 0, page, Protection::ReadWrite)));
+    assert!(wrong(handle.write(&mut stranger, 0, &[1])));
+    assert!(wrong(handle.read(&stranger, 0, &mut [0])));
+    assert!(wrong(handle.make_virtual(&mut stranger, 0)));
+    let buffer = patterned(PATTERN_A);
+    // SAFETY: refused before anything is mapped.
+    assert!(wrong(unsafe { handle.map_buffer(&mut stranger, 0, &buffer, 0, page, Protection::Read) }));
+    assert_eq!(handle.report().unwrap(), before, "a refused store changed the memory");
+    assert_eq!(memory.data(&owner)[0], 0);
+
+    // Found by enumeration: the store is unknown, so it only inspects.
+    let listed = creator.live_memories().into_iter().find(|h| h.base() == handle.base()).unwrap();
+    assert_eq!(listed.report().unwrap(), before);
+    listed.validate().unwrap();
+    let unknown = listed.write(&mut owner, 0, &[1]);
+    assert!(matches!(unknown, Err(Error::StoreUnknown { .. })), "{unknown:?}");
+
+    // The owner changes it.
+    handle.write(&mut owner, 0, &[7]).unwrap();
+    assert_eq!(memory.data(&owner)[0], 7);
+
+    // An image over a file others may still write (sealed against shrinking
+    // only) is refused; an immutable copy of it is accepted.
+    let fd = rustix::fs::memfd_create("writable", rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::io::pwrite(&fd, b"image", 0).unwrap();
+    rustix::fs::ftruncate(&fd, page).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+    let copy = Image::copy_of_file(&fd).unwrap();
+    let writable = Image::from_file(fd).unwrap();
+    assert!(!writable.is_immutable() && copy.is_immutable());
+    let refused = handle.map_image(&mut owner, 0, &writable, 0, page, Protection::ReadWrite);
+    assert!(matches!(refused, Err(Error::MutableImage { .. })), "{refused:?}");
+    handle.map_image(&mut owner, 0, &copy, 0, page, Protection::ReadWrite).unwrap();
+    assert_eq!(&memory.data(&owner)[..5], b"image");
+    let mut prepared = PreparedModule::new(&creator, &engine, r#"(module (memory (export "m") 1))"#).unwrap();
+    let refused = prepared.set_image(0, Some(writable));
+    assert!(matches!(refused, Err(Error::MutableImage { .. })), "{refused:?}");
+    prepared.set_image(0, Some(copy)).unwrap();
     handle.validate().unwrap();
 }

@@ -14,7 +14,7 @@
 //!   reads and writes fail with [`Error::BufferTruncated`], and no new
 //!   window can be made.
 //! - Every memory that maps a window of the buffer first registered its owner
-//!   as a [`WindowHost`] (a [`BufferGrant`] is the proof), so
+//!   as a [`WindowOwner`] (a [`BufferGrant`] is the proof), so
 //!   [`SharedBuffer::revoke`] reaches every window: each becomes `Unmapped`
 //!   (one `mmap(MAP_FIXED)` per run, so a guest sees the buffer's page or an
 //!   inaccessible one, never anything else).
@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// The owner of a memory that may map windows of buffers: what
 /// [`SharedBuffer::revoke`] calls to unmap the windows of that buffer.
-pub trait WindowHost: Send + Sync {
+pub trait WindowOwner: Send + Sync {
     /// Unmaps every window of buffer `buffer` (make them `Unmapped`). An
     /// error means a window may have survived (see
     /// [`crate::LinearSpace::unmap_buffer`]).
@@ -59,7 +59,7 @@ struct BufferFile {
     /// The host's read-write view; `None` once revoked. Host accesses hold the
     /// read lock, revocation the write lock, so no access outlives the view.
     view: RwLock<Option<View>>,
-    hosts: Mutex<Vec<Weak<dyn WindowHost>>>,
+    hosts: Mutex<Vec<Weak<dyn WindowOwner>>>,
 }
 
 /// The host view and, for unsealed buffers, its registration with the
@@ -103,12 +103,12 @@ impl fmt::Debug for SharedBuffer {
 /// Proof that a memory's owner is registered with a buffer, needed to map
 /// windows of it (see [`crate::LinearSpace::map_buffer`]). A grant is bound
 /// to the host it was issued for: only a space whose window host
-/// ([`crate::LinearSpace::set_window_host`]) is that host accepts it, so
+/// ([`crate::LinearSpace::set_window_owner`]) is that host accepts it, so
 /// revocation always reaches every window made with it.
 #[derive(Clone)]
 pub struct BufferGrant {
     buffer: SharedBuffer,
-    host: Weak<dyn WindowHost>,
+    host: Weak<dyn WindowOwner>,
 }
 
 impl fmt::Debug for BufferGrant {
@@ -124,7 +124,7 @@ impl BufferGrant {
     }
 
     /// Whether this grant was issued for `host`.
-    pub(crate) fn is_for(&self, host: &Weak<dyn WindowHost>) -> bool {
+    pub(crate) fn is_for(&self, host: &Weak<dyn WindowOwner>) -> bool {
         Weak::ptr_eq(&self.host, host)
     }
 }
@@ -307,7 +307,7 @@ impl SharedBuffer {
 
     /// Registers `host` so that revocation reaches its windows, and returns
     /// the grant needed to map them. Refused once the buffer is revoked.
-    pub fn grant(&self, host: Weak<dyn WindowHost>) -> Result<BufferGrant> {
+    pub fn grant(&self, host: Weak<dyn WindowOwner>) -> Result<BufferGrant> {
         let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_revoked() {
             return Err(Error::Revoked { id: self.id().0 });
@@ -417,7 +417,7 @@ impl SharedBuffer {
     }
 }
 
-impl WindowHost for Mutex<crate::LinearSpace> {
+impl WindowOwner for Mutex<crate::LinearSpace> {
     fn revoke_windows(&self, buffer: BackingId) -> Result<()> {
         self.lock().unwrap_or_else(|p| p.into_inner()).unmap_buffer(buffer)
     }

@@ -8,6 +8,7 @@
 //! constructors make any other combination unrepresentable.
 
 use std::fmt;
+use std::ops::{Index, IndexMut};
 
 /// Access the guest (and the host, through the memory) has to a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +90,54 @@ impl FrameTag {
     /// Position of the tag in [`FrameTag::ALL`].
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// One value per [`FrameTag`], indexed by the tag (`per_tag[FrameTag::Zero]`):
+/// what statistics and reports keep per tag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PerTag<T>([T; 4]);
+
+impl<T> PerTag<T> {
+    /// The value `f(tag)` for each tag.
+    pub fn from_fn(f: impl FnMut(FrameTag) -> T) -> PerTag<T> {
+        PerTag(FrameTag::ALL.map(f))
+    }
+
+    /// Each tag with its value, in [`FrameTag::ALL`] order.
+    pub fn iter(&self) -> PerTagIter<'_, T> {
+        FrameTag::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// The values, in [`FrameTag::ALL`] order.
+    pub fn values(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
+/// The iterator of [`PerTag::iter`]: each tag with its value.
+pub type PerTagIter<'a, T> = std::iter::Zip<std::array::IntoIter<FrameTag, 4>, std::slice::Iter<'a, T>>;
+
+impl<T> Index<FrameTag> for PerTag<T> {
+    type Output = T;
+
+    fn index(&self, tag: FrameTag) -> &T {
+        &self.0[tag.index()]
+    }
+}
+
+impl<T> IndexMut<FrameTag> for PerTag<T> {
+    fn index_mut(&mut self, tag: FrameTag) -> &mut T {
+        &mut self.0[tag.index()]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerTag<T> {
+    type Item = (FrameTag, &'a T);
+    type IntoIter = PerTagIter<'a, T>;
+
+    fn into_iter(self) -> PerTagIter<'a, T> {
+        self.iter()
     }
 }
 
@@ -209,5 +258,21 @@ mod tests {
         let buf = Frame::shared(BackingId(1), 0, Protection::ReadWrite);
         assert_eq!(buf.advanced(2).kind(), FrameKind::Shared { buffer: BackingId(1), page: 2 });
         assert_eq!(FrameTag::ALL.map(FrameTag::index), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn per_tag_keeps_one_value_per_tag() {
+        let mut per_tag = PerTag::<u64>::default();
+        for (i, tag) in FrameTag::ALL.into_iter().enumerate() {
+            per_tag[tag] += 10 * (i as u64 + 1);
+        }
+        for (i, tag) in FrameTag::ALL.into_iter().enumerate() {
+            assert_eq!(per_tag[tag], 10 * (i as u64 + 1), "{tag}");
+        }
+        let pairs: Vec<(FrameTag, u64)> = per_tag.iter().map(|(tag, &v)| (tag, v)).collect();
+        assert_eq!(pairs, FrameTag::ALL.map(|tag| (tag, per_tag[tag])));
+        assert_eq!(per_tag.values().sum::<u64>(), 100);
+        assert_eq!(PerTag::from_fn(|tag| tag), PerTag(FrameTag::ALL));
+        assert_eq!((&per_tag).into_iter().count(), 4);
     }
 }

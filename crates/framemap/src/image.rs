@@ -137,6 +137,16 @@ impl Image {
         Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, immutable, view }) })
     }
 
+    /// Whether the image's file is sealed against writes (`F_SEAL_WRITE`;
+    /// every image framemap makes is): only then are its bytes fixed for
+    /// good. A file others may still write shows their writes through in
+    /// pages no memory has written yet, so the wasmtime adapter refuses to
+    /// map such an image into a memory whose bytes wasmtime lends out as a
+    /// `&[u8]`.
+    pub fn is_immutable(&self) -> bool {
+        self.inner.immutable
+    }
+
     /// The image's identity in frame tables.
     pub fn id(&self) -> BackingId {
         self.inner.id

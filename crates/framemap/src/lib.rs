@@ -35,9 +35,9 @@ mod summary;
 mod sys;
 mod table;
 
-pub use buffer::{BufferGrant, SharedBuffer, WindowHost};
+pub use buffer::{BufferGrant, SharedBuffer, WindowOwner};
 pub use error::{Error, Result};
-pub use frame::{BackingId, Frame, FrameKind, FrameTag, Protection};
+pub use frame::{BackingId, Frame, FrameKind, FrameTag, PerTag, PerTagIter, Protection};
 pub use image::Image;
 pub use page::{PageRange, host_page_size};
 pub use reservation::Reservation;

@@ -1,11 +1,12 @@
 //! A summary of one linear space: runs, mapped and resident bytes per tag.
 
-use crate::frame::FrameTag;
+use crate::frame::PerTag;
 use std::fmt;
 
-/// Runs, bytes and resident bytes of a memory, per [`FrameTag`] (indexed by
-/// [`FrameTag::index`]). The `Unmapped` figures include the growable rest of
-/// the reservation and its guard.
+/// Runs, bytes and resident bytes of a memory, per [`FrameTag`](crate::FrameTag)
+/// (each a [`PerTag`], indexed by the tag: `summary.runs[FrameTag::Zero]`).
+/// The `Unmapped` figures include the growable rest of the reservation and
+/// its guard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpaceSummary {
     /// Address of the memory's first byte.
@@ -17,23 +18,23 @@ pub struct SpaceSummary {
     /// Guard bytes after the capacity.
     pub guard: u64,
     /// Number of runs per tag.
-    pub runs: [u64; 4],
+    pub runs: PerTag<u64>,
     /// Bytes per tag.
-    pub bytes: [u64; 4],
+    pub bytes: PerTag<u64>,
     /// Resident bytes per tag (the shared zero page excluded where the kernel
     /// can tell it apart).
-    pub resident: [u64; 4],
+    pub resident: PerTag<u64>,
 }
 
 impl SpaceSummary {
     /// Resident bytes over all tags.
     pub fn total_resident(&self) -> u64 {
-        self.resident.iter().sum()
+        self.resident.values().sum()
     }
 
     /// Runs over all tags.
     pub fn total_runs(&self) -> u64 {
-        self.runs.iter().sum()
+        self.runs.values().sum()
     }
 }
 
@@ -61,17 +62,16 @@ impl fmt::Display for SpaceSummary {
             self.total_runs(),
             human_bytes(self.total_resident()),
         )?;
-        for tag in FrameTag::ALL {
-            let i = tag.index();
-            if self.runs[i] > 0 {
-                let runs = if self.runs[i] == 1 { "run" } else { "runs" };
+        for (tag, &count) in &self.runs {
+            if count > 0 {
+                let runs = if count == 1 { "run" } else { "runs" };
                 writeln!(
                     f,
                     "  {:<9}{:>6} {runs:<5}{:>12} {:>12} resident",
                     tag.to_string(),
-                    self.runs[i],
-                    human_bytes(self.bytes[i]),
-                    human_bytes(self.resident[i])
+                    count,
+                    human_bytes(self.bytes[tag]),
+                    human_bytes(self.resident[tag])
                 )?;
             }
         }

@@ -82,10 +82,10 @@ fn ops() -> Vec<(&'static str, Op)> {
         }),
         ("revoke", |f| f.sealed.revoke().map(drop)),
         ("discard", |f| f.space.lock().unwrap().discard(0, 8 * page())),
-        ("zero_dirty", |f| f.space.lock().unwrap().zero_dirty(ResetPolicy::default()).map(drop)),
-        ("zero_dirty without scan", |f| {
+        ("restore_dirty", |f| f.space.lock().unwrap().restore_dirty(ResetPolicy::default()).map(drop)),
+        ("restore_dirty without scan", |f| {
             let policy = ResetPolicy { scan_dirty: false, ..ResetPolicy::default() };
-            f.space.lock().unwrap().zero_dirty(policy).map(drop)
+            f.space.lock().unwrap().restore_dirty(policy).map(drop)
         }),
         ("reset", |f| f.space.lock().unwrap().reset(16 * page(), Some(&f.image), ResetPolicy::default()).map(drop)),
         ("restore_layout", |f| f.space.lock().unwrap().restore_layout(16 * page(), Some(&f.image))),
@@ -141,6 +141,25 @@ fn a_failed_replacement_leaves_the_range_unmapped() {
     let tags: Vec<_> = space.table().runs_in(PageRange::new(24, 28)).map(|(_, f)| f.tag()).collect();
     assert_eq!(tags, [framemap::FrameTag::Unmapped]);
     space.validate().unwrap();
+}
+
+/// A backing attached for a mapping that failed in the kernel is not kept
+/// (no leak): a fresh image, never mapped before, is let go.
+#[test]
+fn a_failed_mapping_keeps_no_backing_it_attached() {
+    let f = fixture();
+    let p = page();
+    let fresh = Image::from_bytes(b"fresh").unwrap();
+    fail_nth(1, libc_enomem());
+    let error = f.space.lock().unwrap().map_image(24 * p, &fresh, 0, p, Protection::ReadWrite).unwrap_err();
+    disarm();
+    assert!(matches!(error, framemap::Error::Kernel { syscall: "mmap", .. }), "{error:?}");
+    let mut space = f.space.lock().unwrap();
+    assert!(!space.holds_image(fresh.id()), "a failed mapping kept its image");
+    assert!(space.holds_image(f.image.id()), "the image still mapped is kept");
+    space.validate().unwrap();
+    space.map_image(24 * p, &fresh, 0, p, Protection::ReadWrite).unwrap();
+    assert!(space.holds_image(fresh.id()));
 }
 
 #[test]

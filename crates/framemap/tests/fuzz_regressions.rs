@@ -15,7 +15,7 @@ fn space(capacity_pages: u64, initial_pages: u64) -> LinearSpace {
 
 /// memory_ops: a `reset` whose length exceeds the capacity is refused, but
 /// only after it has zeroed the dirty pages, so the refused call changed the
-/// memory's contents (space.rs: "a rejected call changes nothing").
+/// memory's contents (space/mod.rs: "a rejected call changes nothing").
 #[test]
 fn refused_reset_changes_nothing() {
     let p = page();

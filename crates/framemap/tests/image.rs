@@ -180,7 +180,7 @@ fn dirty_pages_inside_one_run_are_restored_from_the_right_offset() {
         for &page in pages {
             s.write(page * p + 17, &[0; 300]).unwrap();
         }
-        let report = s.zero_dirty(policy).unwrap();
+        let report = s.restore_dirty(policy).unwrap();
         s.validate().unwrap();
         for page in 0..16u64 {
             let want: Vec<u8> = if (4..8).contains(&page) {
@@ -212,7 +212,7 @@ fn layout_changes_between_images_and_sizes() {
     assert_eq!(bytes_at(&s, p, 2), [0, 0], "the old image's pages are gone");
     s.reset(2 * p, None, ResetPolicy::default()).unwrap();
     s.validate().unwrap();
-    assert_eq!(s.summary().unwrap().runs[FrameTag::Image.index()], 0);
+    assert_eq!(s.summary().unwrap().runs[FrameTag::Image], 0);
     assert!(matches!(s.restore_layout(2 * p, Some(&one)), Err(Error::PastBacking { .. })), "image larger than memory");
 }
 
@@ -385,7 +385,7 @@ fn swapped_out_dirty_pages_are_restored() {
             unsafe { rustix::mm::madvise(addr as *mut _, p as usize, rustix::mm::Advice::LinuxPageOut) }.unwrap();
             swapped += usize::from(swapped_out(addr));
         }
-        s.zero_dirty(ResetPolicy::default()).unwrap();
+        s.restore_dirty(ResetPolicy::default()).unwrap();
         assert!(contents(&s, 64 * p) == bytes, "round {round}: a dirty page kept its writes");
         s.validate().unwrap();
     }

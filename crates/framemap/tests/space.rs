@@ -213,7 +213,7 @@ fn reset_work_follows_dirty_pages_not_size() {
     let report = s.reset(gib * p, None, ResetPolicy::default()).unwrap();
     assert_eq!(report.dirty, 3 * p);
     assert_eq!(report.zeroed_in_place, 3 * p);
-    assert_eq!(s.summary().unwrap().resident[FrameTag::Zero.index()], 3 * p, "in-place pages stay resident");
+    assert_eq!(s.summary().unwrap().resident[FrameTag::Zero], 3 * p, "in-place pages stay resident");
 }
 
 #[test]
@@ -223,7 +223,7 @@ fn summary_counts_runs_bytes_and_residency() {
     s.write(0, &vec![1u8; (2 * p) as usize]).unwrap();
     s.protect(4 * p, p, Protection::None).unwrap();
     let sum = s.summary().unwrap();
-    let (z, u) = (FrameTag::Zero.index(), FrameTag::Unmapped.index());
+    let (z, u) = (FrameTag::Zero, FrameTag::Unmapped);
     assert_eq!(sum.runs[z], 3);
     assert_eq!(sum.runs[u], 1);
     assert_eq!(sum.bytes[z], 8 * p);
@@ -269,6 +269,6 @@ fn reset_without_a_dirty_scan_drops_everything_and_is_still_correct() {
     for i in 0..16 {
         assert_eq!(byte(&s, i * p), 0, "page {i}");
     }
-    assert_eq!(s.summary().unwrap().resident[FrameTag::Zero.index()], 0, "dropped pages are no longer resident");
+    assert_eq!(s.summary().unwrap().resident[FrameTag::Zero], 0, "dropped pages are no longer resident");
     s.validate().unwrap();
 }

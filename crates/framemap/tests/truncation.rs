@@ -178,7 +178,7 @@ fn a_window_of_a_truncated_file_is_demoted_and_the_table_follows() {
     assert!(buffer.truncation_events() >= 1);
     s.validate().unwrap();
     let summary = s.summary().unwrap();
-    assert_eq!(summary.bytes[FrameTag::Shared.index()], p, "only the untouched window still counts as shared");
+    assert_eq!(summary.bytes[FrameTag::Shared], p, "only the untouched window still counts as shared");
     assert!(
         matches!(s.read(2 * p, &mut bytes), Err(Error::BufferTruncated { id }) if id == buffer.id().0),
         "host reads of a demoted window fail"
@@ -204,7 +204,7 @@ fn a_window_of_a_truncated_file_is_demoted_and_the_table_follows() {
     drop(s);
     assert_eq!(buffer.revoke().unwrap(), 1);
     let s = space.lock().unwrap();
-    assert_eq!(s.summary().unwrap().bytes[FrameTag::Shared.index()], 0);
+    assert_eq!(s.summary().unwrap().bytes[FrameTag::Shared], 0);
     s.validate().unwrap();
 }
 
@@ -295,7 +295,7 @@ fn windows_of_unsealed_buffers_split_and_release_cleanly() {
     assert_eq!(back[..4], [1; 4]);
     s.validate().unwrap();
     s.unmap_buffer(buffer.id()).unwrap();
-    assert_eq!(s.summary().unwrap().bytes[FrameTag::Shared.index()], 0);
+    assert_eq!(s.summary().unwrap().bytes[FrameTag::Shared], 0);
     s.validate().unwrap();
     assert!(!buffer.is_truncated());
 }

@@ -72,7 +72,7 @@ fn revocation_unmaps_every_window_in_every_memory() {
         for (run, frame) in s.table().runs_in(window) {
             assert_eq!(frame, Frame::UNMAPPED, "{run}");
         }
-        assert_eq!(s.summary().unwrap().runs[FrameTag::Shared.index()], 0);
+        assert_eq!(s.summary().unwrap().runs[FrameTag::Shared], 0);
         assert!(matches!(s.read(window.start * p, &mut [0]), Err(Error::Protected { .. })));
     }
     assert!(matches!(buffer.read(0, &mut [0]), Err(Error::Revoked { .. })));

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests that map windows into spaces
-//! shared with a `WindowHost` registration.
+//! shared with a `WindowOwner` registration.
 
-use framemap::{LinearSpace, SpaceConfig, WindowHost};
+use framemap::{LinearSpace, SpaceConfig, WindowOwner};
 use std::sync::{Arc, Mutex, Weak};
 
 /// The host page size in bytes.
@@ -16,12 +16,12 @@ pub fn shared_space(pages: u64) -> Arc<Mutex<LinearSpace>> {
     let space = Arc::new(Mutex::new(
         LinearSpace::new(SpaceConfig { capacity: pages * p, guard: 4 * p, initial_len: pages * p }).unwrap(),
     ));
-    space.lock().unwrap().set_window_host(host(&space));
+    space.lock().unwrap().set_window_owner(host(&space));
     space
 }
 
 /// `space` as the window host a buffer grant is given to.
-pub fn host(space: &Arc<Mutex<LinearSpace>>) -> Weak<dyn WindowHost> {
+pub fn host(space: &Arc<Mutex<LinearSpace>>) -> Weak<dyn WindowOwner> {
     let weak: Weak<Mutex<LinearSpace>> = Arc::downgrade(space);
     weak
 }

