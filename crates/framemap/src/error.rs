@@ -213,6 +213,123 @@ pub enum Error {
         /// What differs.
         detail: String,
     },
+    /// A checkpoint that is not the memory's latest of its current life
+    /// (a later one was taken, the memory was reset since, or it is
+    /// another memory's).
+    #[error(
+        "checkpoint {index} of memory #{space} is not current (the memory's latest is {latest}; 0: none since its last reset)"
+    )]
+    StaleCheckpoint {
+        /// The memory the checkpoint was taken on.
+        space: u64,
+        /// Which checkpoint it is.
+        index: u64,
+        /// The memory's latest checkpoint of this life, if it is that memory.
+        latest: u64,
+    },
+    /// Reading or writing a snapshot file failed.
+    #[error("snapshot file {path}: {source}")]
+    SnapshotIo {
+        /// The file (or "(in memory)").
+        path: String,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not a snapshot this version can read, or it is damaged:
+    /// not a snapshot, another format version, a checksum that does not
+    /// match, a truncated file, or a field that breaks the format's rules.
+    #[error("snapshot file {path} is unusable: {detail}")]
+    SnapshotInvalid {
+        /// The file.
+        path: String,
+        /// What is wrong, in words.
+        detail: String,
+        /// Which kind of damage.
+        kind: SnapshotDamage,
+    },
+    /// The snapshot was taken on a machine with another page size.
+    #[error("the snapshot's pages are {snapshot} bytes, this host's {host}")]
+    SnapshotPageSize {
+        /// The snapshot's page size.
+        snapshot: u64,
+        /// This host's.
+        host: u64,
+    },
+    /// The snapshot holds no memory of that name.
+    #[error("the snapshot holds no memory named {name:?}")]
+    NoSuchMemory {
+        /// The name asked for.
+        name: String,
+    },
+    /// An incremental snapshot's parent is not attached, or another
+    /// snapshot was offered in its place.
+    #[error("snapshot {child} needs parent {parent}{}", if *wrong { ", not the snapshot offered" } else { ", which is not attached" })]
+    MissingParent {
+        /// The incremental snapshot.
+        child: crate::snapshot::Digest,
+        /// The parent it names (or, for a snapshot with no parent, the one
+        /// offered).
+        parent: crate::snapshot::Digest,
+        /// Whether another snapshot was offered in its place.
+        wrong: bool,
+    },
+    /// An incremental capture that does not continue from its parent: the
+    /// memory was not captured into the parent, or was reset, restored or
+    /// checkpointed since.
+    #[error("memory {name:?} was not captured into the parent snapshot at its latest checkpoint")]
+    NotFromParent {
+        /// The memory's name in the snapshot.
+        name: String,
+    },
+    /// Restoring needs an image the resolver did not supply, or supplied
+    /// with other contents.
+    #[error("the snapshot needs image {hash}{}", if *wrong { " (the image supplied has other contents)" } else { "" })]
+    MissingImage {
+        /// The image's content hash.
+        hash: crate::snapshot::Digest,
+        /// Whether an image was supplied, with another content hash.
+        wrong: bool,
+    },
+    /// Restoring needs a buffer the resolver did not supply.
+    #[error("the snapshot needs a window of buffer {name:?}, which the resolver does not have")]
+    MissingBuffer {
+        /// The buffer's name.
+        name: String,
+    },
+    /// Capturing a window of a buffer the namer gave no name.
+    #[error("buffer #{id} has a window in the memory but no name to record it by")]
+    UnnamedBuffer {
+        /// The buffer.
+        id: u64,
+    },
+    /// A name (of a memory, a global or a buffer) longer than the format
+    /// allows, or given twice.
+    #[error("name {name:?} is {reason}")]
+    BadName {
+        /// The name (cut to 64 bytes).
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+}
+
+/// Which kind of damage makes a snapshot file unusable
+/// ([`Error::SnapshotInvalid`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotDamage {
+    /// Not a framemap snapshot at all.
+    NotASnapshot,
+    /// A format version this code does not read.
+    Version,
+    /// The header's or the manifest's checksum, or the data's digest, does
+    /// not match.
+    Checksum,
+    /// Shorter (or longer) than its header says.
+    Truncated,
+    /// A field breaks the format's rules.
+    Malformed,
 }
 
 /// `Result` with [`Error`].

@@ -33,6 +33,9 @@ struct ImageFile {
     /// A read-only view of the whole file, made on first use, to restore
     /// dirty pages by copying (immutable files only).
     view: OnceLock<Option<Mapping>>,
+    /// The SHA-256 of the contents, computed on first use (immutable
+    /// files only: another's may change).
+    hash: OnceLock<crate::snapshot::Digest>,
 }
 
 impl fmt::Debug for Image {
@@ -128,13 +131,58 @@ impl Image {
         Image::from_segments(len, chunks.iter().map(|(o, b)| (*o, b.as_slice())))
     }
 
+    /// An image backed directly by `file`, which need not be sealed: its
+    /// length is the file's, rounded up to whole pages.
+    ///
+    /// # Safety
+    /// The file must not shrink while the image, or any memory that maps
+    /// it, exists (a mapped page past the file's end raises SIGBUS, which
+    /// kills the process), and it must not change where a Rust reference
+    /// reads it (as a `&[u8]` from `wasmtime::Memory::data`), like
+    /// `memmap2::Mmap::map`'s contract.
+    pub unsafe fn from_file_unchecked(file: impl Into<OwnedFd>) -> Result<Image> {
+        let fd = file.into();
+        let len = memfd::len(&fd).map_err(|source| Error::Kernel { syscall: "fstat", start: 0, end: 0, source })?;
+        Image::from_sealed(fd, len.next_multiple_of(crate::host_page_size() as u64))
+    }
+
+    /// The SHA-256 of the image's contents (its whole length, holes read
+    /// as zeros): how a snapshot names the image it needs. Computed once,
+    /// reading the whole image, for an image sealed against writes; every
+    /// time for one that is not (its contents may change).
+    pub fn content_hash(&self) -> Result<crate::snapshot::Digest> {
+        if let Some(hash) = self.inner.hash.get() {
+            return Ok(*hash);
+        }
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut offset = 0;
+        while offset < self.len() {
+            let n = chunk.len().min((self.len() - offset) as usize);
+            self.copy_to(offset, &mut chunk[..n]).map_err(|source| Error::Kernel {
+                syscall: "pread",
+                start: offset,
+                end: offset + n as u64,
+                source,
+            })?;
+            hasher.update(&chunk[..n]);
+            offset += n as u64;
+        }
+        let hash = crate::snapshot::Digest(hasher.finalize().into());
+        if self.inner.immutable {
+            let _ = self.inner.hash.set(hash);
+        }
+        Ok(hash)
+    }
+
     fn from_sealed(fd: OwnedFd, len: u64) -> Result<Image> {
         let inode = rustix::fs::fstat(&fd)
             .map_err(|e| Error::Kernel { syscall: "fstat", start: 0, end: len, source: e.into() })?
             .st_ino;
         let immutable = memfd::cannot_be_written(&fd);
-        let view = OnceLock::new();
-        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, immutable, view }) })
+        let (view, hash) = (OnceLock::new(), OnceLock::new());
+        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, immutable, view, hash }) })
     }
 
     /// Whether the image's file is sealed against writes (`F_SEAL_WRITE`;

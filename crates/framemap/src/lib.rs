@@ -30,18 +30,19 @@ mod frame;
 mod image;
 mod page;
 mod reservation;
+pub mod snapshot;
 mod space;
 mod summary;
 mod sys;
 mod table;
 
 pub use buffer::{BufferGrant, SharedBuffer, WindowOwner};
-pub use error::{Error, Result};
+pub use error::{Error, Result, SnapshotDamage};
 pub use frame::{BackingId, Frame, FrameKind, FrameTag, PerTag, PerTagIter, Protection};
 pub use image::Image;
 pub use page::{PageRange, host_page_size};
 pub use reservation::Reservation;
-pub use space::{GUARD_SHARE, LinearSpace, ResetPolicy, ResetReport, SpaceConfig};
+pub use space::{Checkpoint, GUARD_SHARE, LinearSpace, ResetPolicy, ResetReport, SpaceConfig};
 pub use summary::{SpaceSummary, human_bytes};
 pub use table::FrameTable;
 

@@ -11,6 +11,7 @@ mod common;
 
 use common::{host, page, shared_space};
 use framemap::fault_injection::{disarm, fail_nth, fired};
+use framemap::snapshot::{Digest, Resolver, Snapshot, SnapshotWriter};
 use framemap::{BufferGrant, Image, LinearSpace, PageRange, Protection, ResetPolicy, SharedBuffer};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,27 @@ struct Fixture {
     sealed: SharedBuffer,
     unsealed: SharedBuffer,
     grants: Vec<BufferGrant>,
+    /// The space as the fixture made it.
+    snapshot: Snapshot,
+}
+
+impl Fixture {
+    /// Names the fixture's two buffers.
+    fn name(&self, buffer: &SharedBuffer) -> Option<String> {
+        [(&self.sealed, "sealed"), (&self.unsealed, "unsealed")]
+            .iter()
+            .find(|(b, _)| b.id() == buffer.id())
+            .map(|(_, n)| n.to_string())
+    }
+}
+
+impl Resolver for &Fixture {
+    fn image(&mut self, _: &Digest) -> Option<Image> {
+        Some(self.image.clone())
+    }
+    fn buffer(&mut self, name: &str) -> Option<BufferGrant> {
+        Some(self.grants[if name == "sealed" { 0 } else { 1 }].clone())
+    }
 }
 
 /// A space of 32 accessible pages (room for 48) holding one of everything:
@@ -45,7 +67,16 @@ fn fixture() -> Fixture {
         s.write(24 * p, b"written").unwrap();
         s.validate().unwrap();
     }
-    Fixture { space, image, sealed, unsealed, grants }
+    let ids = (sealed.id(), unsealed.id());
+    let names = move |b: &SharedBuffer| match b.id() {
+        id if id == ids.0 => Some("sealed".to_string()),
+        id if id == ids.1 => Some("unsealed".to_string()),
+        _ => None,
+    };
+    let mut writer = SnapshotWriter::in_memory().unwrap();
+    writer.capture("0", &mut space.lock().unwrap(), &names).unwrap();
+    let snapshot = writer.finish_in_memory().unwrap();
+    Fixture { space, image, sealed, unsealed, grants, snapshot }
 }
 
 fn tempfile() -> std::fs::File {
@@ -89,6 +120,17 @@ fn ops() -> Vec<(&'static str, Op)> {
         }),
         ("reset", |f| f.space.lock().unwrap().reset(16 * page(), Some(&f.image), ResetPolicy::default()).map(drop)),
         ("restore_layout", |f| f.space.lock().unwrap().restore_layout(16 * page(), Some(&f.image))),
+        ("checkpoint", |f| f.space.lock().unwrap().checkpoint().map(drop)),
+        ("capture", |f| {
+            let mut writer = SnapshotWriter::in_memory()?;
+            f.space.lock().unwrap().write(5 * page(), b"more")?;
+            writer.capture("0", &mut f.space.lock().unwrap(), &|b| f.name(b))?;
+            writer.finish_in_memory().map(drop)
+        }),
+        ("restore", |f| {
+            let mut resolver = f;
+            f.space.lock().unwrap().restore(&f.snapshot, "0", &mut resolver)
+        }),
         ("populate", |f| f.space.lock().unwrap().populate(&[PageRange::new(0, 8), PageRange::new(24, 30)]).map(drop)),
     ]
 }

@@ -13,7 +13,7 @@ use crate::buffer::SharedBuffer;
 use crate::error::{Error, Result};
 use crate::frame::{FrameKind, Protection};
 use crate::page::PageRange;
-use crate::sys::sigbus;
+use crate::sys::{self, sigbus};
 
 /// Part of a host access: made directly, or through a buffer's host view.
 #[derive(Clone, Copy, Debug)]
@@ -130,6 +130,42 @@ impl LinearSpace {
 
     /// Checks that `offset..offset + len` lies below the accessible size, on
     /// frames whose protection `allowed` accepts.
+    /// Copies whole pages from `offset` (page aligned) into `buf` (a whole
+    /// number of pages), whatever their protection, for a snapshot: the
+    /// pages must be accessible `Zero` or `Image` frames. Readable runs are
+    /// copied directly, the others through `/proc/self/mem`, which reads
+    /// them without touching their protection.
+    pub(crate) fn read_for_snapshot(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let len = buf.len() as u64;
+        let pages = self.page_range(offset, len)?;
+        for (run, frame) in self.table.runs_in(pages) {
+            let (from, to) = ((run.start - pages.start) * self.page, (run.end - pages.start) * self.page);
+            let part = &mut buf[from as usize..to as usize];
+            let addr = self.addr_of(run.start);
+            match frame.kind() {
+                FrameKind::Zero | FrameKind::Image { .. } if frame.prot().readable() => {
+                    // SAFETY: the run is a readable Zero or Image run of this
+                    // reservation (table == kernel, invariant 1), and `part`
+                    // is a distinct allocation: the copy neither faults nor
+                    // overlaps.
+                    unsafe { std::ptr::copy_nonoverlapping(addr, part.as_mut_ptr(), part.len()) };
+                }
+                FrameKind::Zero | FrameKind::Image { .. } => {
+                    sys::procmem::read(addr as usize, part).map_err(|source| Error::Kernel {
+                        syscall: "pread(/proc/self/mem)",
+                        start: run.start * self.page,
+                        end: run.end * self.page,
+                        source,
+                    })?;
+                }
+                FrameKind::Unmapped | FrameKind::Shared { .. } => {
+                    return Err(self.wrong_frames("snapshot read", frame.tag(), run));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_access(
         &self,
         offset: u64,

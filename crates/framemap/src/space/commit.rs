@@ -168,6 +168,9 @@ impl LinearSpace {
             move |syscall, source| Error::Kernel { syscall, start: range.start * page, end: range.end * page, source };
         match change {
             Change::Map(frame) => {
+                // Contents change without a write (even if the kernel fails:
+                // the range may then be re-covered as Unmapped).
+                self.checkpoints.note_remapped(range);
                 // New mappings are not registered for write tracking yet
                 // (a protection change keeps a mapping's registration).
                 self.tracking.forget_registration();

@@ -13,6 +13,10 @@
 //!   `restore_layout`, `populate`);
 //! - `tracking`: write tracking, and the re-protection policy as a pure
 //!   state machine;
+//! - `checkpoint`: which pages changed since a point of a live memory's
+//!   life (what snapshots capture), without hiding any page from resets;
+//! - `layout`: laying a memory out from a list of frames (snapshot
+//!   restore), through `commit` (1, 4, 5, 7);
 //! - `access`: host reads and writes (6);
 //! - `inspect`: validation against the kernel, summary, residency (1, 6, 7).
 //!
@@ -79,12 +83,15 @@
 //! of which is a complete change.
 
 mod access;
+mod checkpoint;
 mod commit;
 mod inspect;
+mod layout;
 mod mapping;
 mod reset;
 mod tracking;
 
+pub use checkpoint::Checkpoint;
 pub use commit::GUARD_SHARE;
 pub use reset::{ResetPolicy, ResetReport};
 
@@ -144,6 +151,8 @@ pub struct LinearSpace {
     /// The owner revocation reaches this space through; only grants issued
     /// for it are accepted (invariant 5).
     window_owner: Option<Weak<dyn WindowOwner>>,
+    /// Checkpoints of this life, and what they owe resets.
+    checkpoints: checkpoint::Checkpoints,
 }
 
 impl LinearSpace {
@@ -197,6 +206,7 @@ impl LinearSpace {
             sunk_seen: 0,
             run_budget: usize::MAX,
             window_owner: None,
+            checkpoints: checkpoint::Checkpoints::default(),
         };
         space.grow_to(config.initial_len)?;
         Ok(space)
@@ -258,10 +268,11 @@ impl LinearSpace {
     }
 
     /// `madvise(MADV_DONTNEED)` on `range`: contents only, mappings unchanged.
-    fn drop_pages(&self, range: PageRange) -> Result<()> {
+    fn drop_pages(&mut self, range: PageRange) -> Result<()> {
         if range.is_empty() {
             return Ok(());
         }
+        self.checkpoints.note_remapped(range);
         // SAFETY: `range` lies inside the reservation; dropping pages changes
         // contents, never mappings, so the table stays equal to the kernel.
         unsafe { mman::discard(self.addr_of(range.start), (range.len() * self.page) as usize) }.map_err(|source| {

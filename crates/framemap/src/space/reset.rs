@@ -129,6 +129,11 @@ impl LinearSpace {
                 self.last_dirty.clear();
             }
         }
+        if report.scanned && !self.checkpoints.owed().is_empty() {
+            // Pages a checkpoint write-protected read as not written: restore
+            // them too (checkpoint invariant 1).
+            self.last_dirty = crate::page::union(&self.last_dirty, self.checkpoints.owed());
+        }
         let everything = [accessible];
         let regions: &[PageRange] = if report.scanned { &self.last_dirty } else { &everything };
         let mut budget = if report.scanned { policy.keep_resident >> shift } else { 0 };
@@ -140,6 +145,7 @@ impl LinearSpace {
             report.dirty = kept.pages << shift;
             report.zeroed_in_place = report.dirty;
             self.protect_after_restore(tracked, kept.hull, &mut report);
+            self.checkpoints.new_life();
             return Ok(report);
         }
         let mut to_drop: Vec<PageRange> = Vec::new();
@@ -204,6 +210,7 @@ impl LinearSpace {
             report.dropped += range.len() * self.page;
         }
         self.protect_after_restore(tracked, kept, &mut report);
+        self.checkpoints.new_life();
         Ok(report)
     }
 
@@ -342,6 +349,7 @@ impl LinearSpace {
         if new.end > old.end {
             self.guard_accessible_pages(new.end);
         }
+        self.checkpoints.new_life();
         if image.is_none_or(|i| !self.backing_pages.contains_key(&i.id())) {
             // `restore_layout` attached an image no page ended up naming.
             self.images.retain(|id, _| self.backing_pages.contains_key(id));

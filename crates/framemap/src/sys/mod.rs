@@ -19,5 +19,6 @@ pub(crate) mod maps;
 pub(crate) mod memfd;
 pub(crate) mod mman;
 pub(crate) mod pagemap;
+pub(crate) mod procmem;
 pub(crate) mod sigbus;
 pub(crate) mod uffd;

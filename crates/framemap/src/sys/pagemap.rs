@@ -189,6 +189,15 @@ pub(crate) fn protect_dirty(start: usize, end: usize) -> io::Result<()> {
     walk(start, end, Query::Dirty, WP_MATCHING, |_, _| {})
 }
 
+/// Reports every [`Query::Dirty`] run of `[start, end)`, like [`scan`],
+/// and write-protects those pages in the same walk (see [`protect_dirty`]):
+/// afterwards each reads as not written until its next write, so the next
+/// walk reports exactly the pages written in between (in mappings
+/// registered with [`super::uffd::register`]; others always read written).
+pub(crate) fn scan_and_protect_dirty(start: usize, end: usize, visit: impl FnMut(usize, usize)) -> io::Result<()> {
+    walk(start, end, Query::Dirty, WP_MATCHING, visit)
+}
+
 fn walk(start: usize, end: usize, query: Query, flags: u64, mut visit: impl FnMut(usize, usize)) -> io::Result<()> {
     super::inject::check()?;
     const REGIONS: usize = 64;

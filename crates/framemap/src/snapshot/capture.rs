@@ -1,0 +1,517 @@
+//! Capturing memories into a new snapshot file.
+//!
+//! [`SnapshotWriter::capture`] takes a checkpoint of the memory
+//! (`space/checkpoint.rs`: the pages written since the one before are found
+//! and write-protected in one walk) and records each accessible run by its
+//! tag's rule. A full capture stores by content every page written since the
+//! memory's last reset; an incremental one (the writer made with a parent)
+//! only the pages written since the parent's capture, `Parent` for the rest
+//! of what is unchanged, and the new frame's rule for pages remapped since.
+//! Time is proportional to the pages stored, never to the memory's size
+//! (where the kernel tracks writes).
+//!
+//! Invariant: the file at the target path is either the old one or the
+//! complete new one: data and manifest go to a temporary file in the same
+//! directory, which is synced ([`Durability::Synced`]) and renamed over the
+//! target, and the directory synced; a writer dropped unfinished removes its
+//! temporary file.
+
+use super::Snapshot;
+use super::format::{
+    Digest, GlobalRecord, GlobalValue, HEADER_LEN, Header, MAX_NAME_LEN, Manifest, MemoryRecord, PageSource, RunRecord,
+    WorkingSetRecord,
+};
+use crate::buffer::SharedBuffer;
+use crate::error::{Error, Result};
+use crate::frame::{FrameKind, Protection};
+use crate::page::PageRange;
+use crate::space::LinearSpace;
+use crate::sys::memfd;
+use rustix::fd::OwnedFd;
+use sha2::Digest as _;
+use std::path::{Path, PathBuf};
+
+/// Whether a finished snapshot file is synced to its device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync` the file before the rename and the directory after it: the
+    /// snapshot survives a power cut once [`SnapshotWriter::finish`]
+    /// returned.
+    #[default]
+    Synced,
+    /// Rename only: atomic against crashes of the process, not of the
+    /// machine.
+    Unsynced,
+}
+
+/// What [`SnapshotWriter::finish`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The snapshot's id.
+    pub id: Digest,
+    /// Pages stored by content.
+    pub data_pages: u64,
+    /// The manifest's length in bytes.
+    pub manifest_len: u64,
+    /// The file's length in bytes.
+    pub file_len: u64,
+}
+
+/// Where the writer's file goes.
+#[derive(Debug)]
+enum Target {
+    /// A temporary file renamed over `path` at the end.
+    Path { path: PathBuf, temp: PathBuf, durability: Durability },
+    /// A memory file, sealed at the end.
+    Memory,
+}
+
+/// Names the buffers whose windows a capture records: `None` for a buffer
+/// that has no name (its windows cannot be captured).
+pub type BufferNamer<'a> = &'a dyn Fn(&SharedBuffer) -> Option<String>;
+
+/// Captures memories (and globals) into a new snapshot file.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    file: std::fs::File,
+    target: Option<Target>,
+    page: u64,
+    data_pages: u64,
+    data_hash: sha2::Sha256,
+    parent: Option<Snapshot>,
+    memories: Vec<MemoryRecord>,
+    globals: Vec<GlobalRecord>,
+    working_set: Vec<WorkingSetRecord>,
+}
+
+/// What a capture stores: every page that may differ from its frame's
+/// initial contents, or only what changed since the parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Pages differing from their frame's initial contents by content.
+    Changed,
+    /// Every accessible `Zero` and `Image` page by content (a snapshot that
+    /// needs no image to restore).
+    AllPages,
+}
+
+impl SnapshotWriter {
+    /// A writer whose snapshot becomes the file at `path` when finished
+    /// (atomically: see the module's invariant).
+    pub fn to_path(path: impl AsRef<Path>, durability: Durability) -> Result<SnapshotWriter> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = path.as_ref().to_path_buf();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut temp = path.clone().into_os_string();
+        temp.push(format!(".tmp-{}-{n}", std::process::id()));
+        let temp = PathBuf::from(temp);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|source| Error::SnapshotIo { path: temp.display().to_string(), source })?;
+        Ok(SnapshotWriter::new(file, Target::Path { path, temp, durability }))
+    }
+
+    /// A writer whose snapshot stays in memory ([`SnapshotWriter::finish_in_memory`]).
+    pub fn in_memory() -> Result<SnapshotWriter> {
+        let fd = memfd::create("framemap-snapshot")
+            .map_err(|source| Error::SnapshotIo { path: "(in memory)".into(), source })?;
+        Ok(SnapshotWriter::new(std::fs::File::from(fd), Target::Memory))
+    }
+
+    fn new(file: std::fs::File, target: Target) -> SnapshotWriter {
+        SnapshotWriter {
+            file,
+            target: Some(target),
+            page: crate::host_page_size() as u64,
+            data_pages: 0,
+            data_hash: sha2::Sha256::new(),
+            parent: None,
+            memories: Vec::new(),
+            globals: Vec::new(),
+            working_set: Vec::new(),
+        }
+    }
+
+    /// Makes this an incremental snapshot of `parent`: every memory it
+    /// captures must have been captured into `parent` at its latest
+    /// checkpoint, and only what changed since is stored. Call before
+    /// capturing.
+    pub fn incremental_to(mut self, parent: &Snapshot) -> SnapshotWriter {
+        self.parent = Some(parent.clone());
+        self
+    }
+
+    /// Captures `space` as memory `name`, taking a checkpoint of it (the
+    /// next incremental capture starts there). `names` names the buffers of
+    /// its windows. Refused with nothing written, and the space unchanged,
+    /// if `name` is taken, a window's buffer has no name, or (incremental)
+    /// the memory was not captured into the parent at its latest checkpoint.
+    pub fn capture(&mut self, name: &str, space: &mut LinearSpace, names: BufferNamer<'_>) -> Result<()> {
+        self.capture_scoped(name, space, names, Scope::Changed)
+    }
+
+    /// Captures `space` as memory `name` with every accessible `Zero` and
+    /// `Image` page stored by content, needing no image to restore (and
+    /// making no use of a parent): the way to write a self-contained file,
+    /// and what an incremental capture is measured against.
+    pub fn capture_all_pages(&mut self, name: &str, space: &mut LinearSpace, names: BufferNamer<'_>) -> Result<()> {
+        self.capture_scoped(name, space, names, Scope::AllPages)
+    }
+
+    fn capture_scoped(
+        &mut self,
+        name: &str,
+        space: &mut LinearSpace,
+        names: BufferNamer<'_>,
+        scope: Scope,
+    ) -> Result<()> {
+        self.check_name(name, self.memories.iter().any(|m| m.name == name))?;
+        // Everything that can refuse is checked before the checkpoint moves.
+        let parent = match (scope, &self.parent) {
+            (Scope::Changed, Some(parent)) => {
+                let record = parent.memory(name).map_err(|_| Error::NotFromParent { name: name.into() })?;
+                let current = space.latest_checkpoint().map(|c| c.token());
+                if current != Some(record.checkpoint) {
+                    return Err(Error::NotFromParent { name: name.into() });
+                }
+                true
+            }
+            _ => false,
+        };
+        for (_, frame) in space.table().runs_in(space.accessible_pages()) {
+            if let FrameKind::Shared { buffer, .. } = frame.kind() {
+                let named = space.buffer(buffer).and_then(names);
+                if named.is_none_or(|n| n.len() > MAX_NAME_LEN) {
+                    return Err(Error::UnnamedBuffer { id: buffer.0 });
+                }
+            }
+        }
+        let scan = space.advance_checkpoint()?;
+        // Pages stored by content, and (incremental) pages that read their
+        // frame's initial contents rather than the parent's.
+        let accessible = space.accessible_pages();
+        let (by_content, fresh): (Vec<PageRange>, Vec<PageRange>) = match (scope, parent) {
+            (Scope::AllPages, _) => (vec![accessible], vec![accessible]),
+            (Scope::Changed, true) => (scan.written, scan.remapped),
+            (Scope::Changed, false) => (scan.dirty, vec![accessible]),
+        };
+        let mut runs: Vec<RunRecord> = Vec::new();
+        let table_runs: Vec<_> = space.table().runs_in(accessible).collect();
+        for (run, frame) in table_runs {
+            let prot = frame.prot();
+            match frame.kind() {
+                FrameKind::Unmapped => push_run(&mut runs, run, prot, PageSource::Unmapped),
+                FrameKind::Shared { buffer, page } => {
+                    let buffer_name =
+                        space.buffer(buffer).and_then(names).ok_or(Error::UnnamedBuffer { id: buffer.0 })?;
+                    push_run(&mut runs, run, prot, PageSource::Shared { buffer: buffer_name, page });
+                }
+                kind @ (FrameKind::Zero | FrameKind::Image { .. }) => {
+                    let initial = match kind {
+                        FrameKind::Image { image, page } => {
+                            let image = space.image(image).ok_or(Error::UnknownBacking { id: image.0 })?;
+                            PageSource::Image { image: image.content_hash()?, page }
+                        }
+                        _ => PageSource::Zero,
+                    };
+                    // Split the run by which pages are stored, and (for the
+                    // rest) whether they are fresh or the parent's.
+                    for (piece, stored) in split(run, &by_content) {
+                        if stored {
+                            self.store_pages(
+                                space,
+                                piece,
+                                prot,
+                                &initial.advanced(piece.start - run.start),
+                                scope == Scope::Changed,
+                                &mut runs,
+                            )?;
+                            continue;
+                        }
+                        for (part, is_fresh) in split(piece, &fresh) {
+                            let source =
+                                if is_fresh { initial.advanced(part.start - run.start) } else { PageSource::Parent };
+                            push_run(&mut runs, part, prot, source);
+                        }
+                    }
+                }
+            }
+        }
+        self.memories.push(MemoryRecord {
+            name: name.into(),
+            len: space.len(),
+            checkpoint: scan.checkpoint.token(),
+            runs,
+        });
+        Ok(())
+    }
+
+    /// Stores `pages` (of a Zero or Image run, whose
+    /// initial contents are `initial`) by content; with `elide_zero`,
+    /// all-zero pages of Zero frames are recorded as Zero instead.
+    fn store_pages(
+        &mut self,
+        space: &LinearSpace,
+        pages: PageRange,
+        prot: Protection,
+        initial: &PageSource,
+        elide_zero: bool,
+        runs: &mut Vec<RunRecord>,
+    ) -> Result<()> {
+        let page = self.page as usize;
+        let mut buf = vec![0u8; page * 64];
+        let mut at = pages.start;
+        while at < pages.end {
+            let n = (pages.end - at).min(64);
+            let chunk = &mut buf[..n as usize * page];
+            space.read_for_snapshot(at * self.page, chunk)?;
+            for (i, bytes) in chunk.chunks(page).enumerate() {
+                let p = at + i as u64;
+                let one = PageRange::new(p, p + 1);
+                if elide_zero && matches!(initial, PageSource::Zero) && bytes.iter().all(|&b| b == 0) {
+                    push_run(runs, one, prot, PageSource::Zero);
+                    continue;
+                }
+                let offset = self.page * (1 + self.data_pages);
+                memfd::write_all_at(&self.file, bytes, offset).map_err(|source| self.io(source))?;
+                self.data_hash.update(bytes);
+                push_run(runs, one, prot, PageSource::Data { page: self.data_pages });
+                self.data_pages += 1;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Appends `count` data pages of `from`'s data section, from its page
+    /// `page`, to this file's; returns the first one's page here.
+    pub(crate) fn copy_data_pages(&mut self, from: &Snapshot, page: u64, count: u64) -> Result<u64> {
+        let first = self.data_pages;
+        let mut buf = vec![0u8; self.page as usize];
+        for p in page..page + count {
+            from.image().read((1 + p) * self.page, &mut buf)?;
+            let offset = self.page * (1 + self.data_pages);
+            memfd::write_all_at(&self.file, &buf, offset).map_err(|source| self.io(source))?;
+            self.data_hash.update(&buf);
+            self.data_pages += 1;
+        }
+        Ok(first)
+    }
+
+    /// Adds a memory record made elsewhere (flattening).
+    pub(crate) fn add_memory_record(
+        &mut self,
+        name: String,
+        len: u64,
+        checkpoint: u64,
+        runs: Vec<RunRecord>,
+    ) -> Result<()> {
+        self.check_name(&name, self.memories.iter().any(|m| m.name == name))?;
+        self.memories.push(MemoryRecord { name, len, checkpoint, runs });
+        Ok(())
+    }
+
+    /// Records a global's value under `name`.
+    pub fn add_global(&mut self, name: &str, value: GlobalValue) -> Result<()> {
+        self.check_name(name, self.globals.iter().any(|g| g.name == name))?;
+        self.globals.push(GlobalRecord { name: name.into(), value });
+        Ok(())
+    }
+
+    /// Records that memory `name` (captured already) touches `pages` first:
+    /// a restore prefetches them.
+    pub fn add_working_set(&mut self, name: &str, pages: PageRange) -> Result<()> {
+        let memory =
+            self.memories.iter().position(|m| m.name == name).ok_or(Error::NoSuchMemory { name: name.into() })?;
+        let len = self.memories[memory].len.div_ceil(self.page);
+        if pages.end > len {
+            return Err(Error::OutOfBounds {
+                start: pages.start * self.page,
+                end: pages.end * self.page,
+                accessible: len * self.page,
+            });
+        }
+        if !pages.is_empty() {
+            self.working_set.push(WorkingSetRecord { memory: memory as u32, pages });
+        }
+        Ok(())
+    }
+
+    fn check_name(&self, name: &str, taken: bool) -> Result<()> {
+        let cut = |n: &str| n.chars().take(64).collect::<String>();
+        if name.len() > MAX_NAME_LEN {
+            return Err(Error::BadName { name: cut(name), reason: "longer than 4096 bytes" });
+        }
+        if taken {
+            return Err(Error::BadName { name: cut(name), reason: "already in the snapshot" });
+        }
+        Ok(())
+    }
+
+    fn io(&self, source: std::io::Error) -> Error {
+        let path = match &self.target {
+            Some(Target::Path { temp, .. }) => temp.display().to_string(),
+            _ => "(in memory)".into(),
+        };
+        Error::SnapshotIo { path, source }
+    }
+
+    /// Writes the manifest and the header; returns what was written.
+    fn write_metadata(&mut self) -> Result<SnapshotInfo> {
+        let manifest = Manifest {
+            parent: self.parent.as_ref().map(Snapshot::id),
+            data_digest: Digest(std::mem::take(&mut self.data_hash).finalize().into()),
+            memories: std::mem::take(&mut self.memories),
+            globals: std::mem::take(&mut self.globals),
+            working_set: std::mem::take(&mut self.working_set),
+        };
+        let bytes = manifest.encode();
+        let header = Header {
+            page_size: self.page as u32,
+            data_pages: self.data_pages,
+            manifest_len: bytes.len() as u64,
+            manifest_crc: crc32fast::hash(&bytes),
+        };
+        let manifest_at = header.manifest_offset().unwrap_or(u64::MAX);
+        memfd::write_all_at(&self.file, &bytes, manifest_at).map_err(|s| self.io(s))?;
+        let mut page0 = vec![0u8; self.page as usize];
+        page0[..HEADER_LEN].copy_from_slice(&header.encode());
+        memfd::write_all_at(&self.file, &page0, 0).map_err(|s| self.io(s))?;
+        Ok(SnapshotInfo {
+            id: Digest::of(&bytes),
+            data_pages: self.data_pages,
+            manifest_len: bytes.len() as u64,
+            file_len: manifest_at + bytes.len() as u64,
+        })
+    }
+
+    /// Finishes the file and puts it at its path (see the module's
+    /// invariant). For an in-memory writer, use
+    /// [`SnapshotWriter::finish_in_memory`].
+    pub fn finish(mut self) -> Result<SnapshotInfo> {
+        let info = self.write_metadata()?;
+        match self.target.take() {
+            Some(Target::Path { path, temp, durability }) => {
+                fn named(p: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+                    move |source| Error::SnapshotIo { path: p.display().to_string(), source }
+                }
+                if durability == Durability::Synced {
+                    self.file.sync_all().map_err(named(&temp))?;
+                }
+                if let Err(e) = std::fs::rename(&temp, &path) {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(named(&path)(e));
+                }
+                if durability == Durability::Synced {
+                    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(named(dir))?;
+                }
+                Ok(info)
+            }
+            Some(Target::Memory) | None => Ok(info),
+        }
+    }
+
+    /// Finishes an in-memory snapshot, seals it, and opens it (mapped as
+    /// it is: restores from it are lazy). For a path writer, this finishes
+    /// the file and opens it with [`Snapshot::open`]. The parent of an
+    /// incremental snapshot is not attached (as when opening a file): see
+    /// [`Snapshot::with_parent`].
+    pub fn finish_in_memory(mut self) -> Result<Snapshot> {
+        match &self.target {
+            Some(Target::Memory) => {
+                self.write_metadata()?;
+                self.target = None;
+                let file = self.file.try_clone().map_err(|s| self.io(s))?;
+                memfd::seal_immutable(&file).map_err(|s| self.io(s))?;
+                Snapshot::from_sealed_file(OwnedFd::from(file))
+            }
+            Some(Target::Path { path, .. }) => {
+                let path = path.clone();
+                self.finish()?;
+                Snapshot::open(&path)
+            }
+            None => {
+                Err(Error::SnapshotIo { path: "(finished)".into(), source: std::io::ErrorKind::InvalidInput.into() })
+            }
+        }
+    }
+}
+
+impl Drop for SnapshotWriter {
+    /// An unfinished file writer removes its temporary file.
+    fn drop(&mut self) {
+        if let Some(Target::Path { temp, .. }) = &self.target {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+/// `run` cut into pieces, each with whether it lies in `set` (sorted,
+/// disjoint ranges), in order.
+fn split(run: PageRange, set: &[PageRange]) -> Vec<(PageRange, bool)> {
+    let mut out = Vec::new();
+    let mut at = run.start;
+    let first = set.partition_point(|r| r.end <= run.start);
+    for r in set[first..].iter().take_while(|r| r.start < run.end) {
+        let inside = r.intersect(run);
+        if inside.start > at {
+            out.push((PageRange::new(at, inside.start), false));
+        }
+        if !inside.is_empty() {
+            out.push((inside, true));
+            at = inside.end;
+        }
+    }
+    if at < run.end {
+        out.push((PageRange::new(at, run.end), false));
+    }
+    out
+}
+
+/// Appends a run, merged into the last one where it continues it.
+fn push_run(runs: &mut Vec<RunRecord>, pages: PageRange, prot: Protection, source: PageSource) {
+    if pages.is_empty() {
+        return;
+    }
+    if let Some(last) = runs.last_mut()
+        && last.pages.end == pages.start
+        && last.prot == prot
+        && last.source.advanced(last.pages.len()) == source
+    {
+        last.pages.end = pages.end;
+        return;
+    }
+    runs.push(RunRecord { pages, prot, source });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_cuts_a_run_by_a_set() {
+        let r = PageRange::new;
+        assert_eq!(
+            split(r(0, 10), &[r(2, 4), r(8, 12)]),
+            vec![(r(0, 2), false), (r(2, 4), true), (r(4, 8), false), (r(8, 10), true)]
+        );
+        assert_eq!(split(r(5, 6), &[]), vec![(r(5, 6), false)]);
+        assert_eq!(split(r(5, 6), &[r(0, 100)]), vec![(r(5, 6), true)]);
+    }
+
+    #[test]
+    fn runs_merge_only_where_the_source_continues() {
+        let r = PageRange::new;
+        let mut runs = Vec::new();
+        push_run(&mut runs, r(0, 1), Protection::ReadWrite, PageSource::Data { page: 0 });
+        push_run(&mut runs, r(1, 2), Protection::ReadWrite, PageSource::Data { page: 1 });
+        push_run(&mut runs, r(2, 3), Protection::ReadWrite, PageSource::Data { page: 5 });
+        push_run(&mut runs, r(3, 4), Protection::Read, PageSource::Data { page: 6 });
+        assert_eq!(runs.len(), 3);
+        assert_eq!(runs[0].pages, r(0, 2));
+    }
+}

@@ -1,0 +1,263 @@
+//! Restoring: a snapshot chain resolved into the source of every page, and
+//! a memory laid out from it, lazily.
+//!
+//! `resolve` turns a memory record into runs whose sources are concrete:
+//! `Parent` runs are replaced by the parent's sources for those pages
+//! (recursively, with the child's protection), so a chain of any length
+//! restores as one layout. [`LinearSpace::restore`] checks everything it
+//! needs (sizes, the images by content hash, the buffers' grants) before it
+//! changes anything, then maps each run fresh: data pages copy-on-write from
+//! the snapshot file, clean image pages from the image, windows shared.
+//! Nothing is read from the file: a page is read when the guest touches it.
+
+use super::format::{Digest, PageSource, RunRecord};
+use super::{Snapshot, SnapshotWriter};
+use crate::buffer::BufferGrant;
+use crate::error::{Error, Result, SnapshotDamage};
+use crate::frame::{Frame, Protection};
+use crate::image::Image;
+use crate::page::PageRange;
+use crate::space::LinearSpace;
+use rustc_hash::FxHashMap as HashMap;
+
+/// Supplies what a snapshot names but does not hold: the images its clean
+/// pages come from (by content hash) and the buffers its windows show (by
+/// name). A missing one is an error at restore, never a zero page.
+pub trait Resolver {
+    /// The image whose contents hash to `hash`, if the host has it.
+    fn image(&mut self, hash: &Digest) -> Option<Image> {
+        let _ = hash;
+        None
+    }
+
+    /// A grant of the buffer named `name`, issued for the memory being
+    /// restored's window owner, if the host has one.
+    fn buffer(&mut self, name: &str) -> Option<BufferGrant> {
+        let _ = name;
+        None
+    }
+}
+
+/// Resolves nothing: for snapshots that need no image and no buffer.
+impl Resolver for () {}
+
+/// Resolves images from a list (each hashed once, when first needed).
+impl Resolver for Vec<Image> {
+    fn image(&mut self, hash: &Digest) -> Option<Image> {
+        self.iter().find(|i| i.content_hash().is_ok_and(|h| h == *hash)).cloned()
+    }
+}
+
+/// Where the pages of a resolved run come from.
+#[derive(Clone, Debug)]
+pub(crate) enum Resolved<'a> {
+    Unmapped,
+    Zero,
+    /// Pages of a snapshot's data section (of this one or an ancestor).
+    Data {
+        snapshot: &'a Snapshot,
+        page: u64,
+    },
+    Image {
+        hash: Digest,
+        page: u64,
+    },
+    Shared {
+        name: String,
+        page: u64,
+    },
+}
+
+/// A run with a concrete source.
+#[derive(Clone, Debug)]
+pub(crate) struct ResolvedRun<'a> {
+    pub(crate) pages: PageRange,
+    pub(crate) prot: Protection,
+    pub(crate) source: Resolved<'a>,
+}
+
+/// Memory `name` of `snapshot` as runs with concrete sources, and its
+/// length in bytes.
+pub(crate) fn resolve<'a>(snapshot: &'a Snapshot, name: &str) -> Result<(u64, Vec<ResolvedRun<'a>>)> {
+    let record = snapshot.memory(name)?;
+    let mut out = Vec::with_capacity(record.runs.len());
+    resolve_runs(snapshot, name, &record.runs, None, &mut out)?;
+    Ok((record.len, out))
+}
+
+/// Resolves `runs` of memory `name` of `snapshot` (clipped to `within` if
+/// given, with protection `prot` if given) into `out`.
+fn resolve_runs<'a>(
+    snapshot: &'a Snapshot,
+    name: &str,
+    runs: &[RunRecord],
+    within: Option<(PageRange, Protection)>,
+    out: &mut Vec<ResolvedRun<'a>>,
+) -> Result<()> {
+    for run in runs {
+        let (pages, prot) = match within {
+            Some((range, prot)) => (run.pages.intersect(range), prot),
+            None => (run.pages, run.prot),
+        };
+        if pages.is_empty() {
+            continue;
+        }
+        let skip = pages.start - run.pages.start;
+        let source = match run.source.advanced(skip) {
+            PageSource::Unmapped | PageSource::Shared { .. } if within.is_some() => {
+                return Err(malformed(
+                    snapshot,
+                    format!(
+                        "memory {name:?}: a child takes pages {pages} from this parent, where they are not memory pages"
+                    ),
+                ));
+            }
+            PageSource::Unmapped => Resolved::Unmapped,
+            PageSource::Zero => Resolved::Zero,
+            PageSource::Data { page } => Resolved::Data { snapshot, page },
+            PageSource::Image { image, page } => Resolved::Image { hash: image, page },
+            PageSource::Shared { buffer, page } => Resolved::Shared { name: buffer, page },
+            PageSource::Parent => {
+                let parent_id = snapshot.parent_id().expect("the format refuses Parent runs without a parent");
+                let parent = snapshot.parent().ok_or(Error::MissingParent {
+                    child: snapshot.id(),
+                    parent: parent_id,
+                    wrong: false,
+                })?;
+                let record = parent.memory(name).map_err(|_| {
+                    malformed(parent, format!("memory {name:?} is missing from the parent its child takes pages from"))
+                })?;
+                let before = out.len();
+                resolve_runs(parent, name, &record.runs, Some((pages, prot)), out)?;
+                let covered: u64 = out[before..].iter().map(|r| r.pages.len()).sum();
+                if covered != pages.len() {
+                    return Err(malformed(
+                        parent,
+                        format!("memory {name:?} lacks pages {pages} its child takes from it"),
+                    ));
+                }
+                continue;
+            }
+        };
+        out.push(ResolvedRun { pages, prot, source });
+    }
+    Ok(())
+}
+
+fn malformed(snapshot: &Snapshot, detail: String) -> Error {
+    Error::SnapshotInvalid { path: snapshot.inner.path.clone(), detail, kind: SnapshotDamage::Malformed }
+}
+
+impl LinearSpace {
+    /// Lays this memory out as memory `name` of `snapshot` (its attached
+    /// parents included): its size, every run's protection, and contents
+    /// mapped lazily: data pages copy-on-write from the snapshot's file,
+    /// clean image pages from the images `resolver` supplies (checked by
+    /// content hash), windows from the grants it supplies. Whatever was in
+    /// the memory before is replaced. Refused with nothing changed if the
+    /// snapshot or a parent is missing or wrong, the memory is too small,
+    /// or an image or buffer cannot be had. Starts a new life: earlier
+    /// checkpoints end.
+    pub fn restore(&mut self, snapshot: &Snapshot, name: &str, resolver: &mut dyn Resolver) -> Result<()> {
+        let (len, runs) = resolve(snapshot, name)?;
+        if len > self.capacity() {
+            return Err(Error::CapacityExceeded { requested: len, capacity: self.capacity() });
+        }
+        let ps = crate::host_page_size() as u64;
+        // Everything that can refuse, before any change.
+        let mut images: HashMap<Digest, Image> = HashMap::default();
+        let mut data_images: Vec<Image> = Vec::new();
+        let mut grants: HashMap<String, BufferGrant> = HashMap::default();
+        let mut frames: Vec<(PageRange, Frame)> = Vec::with_capacity(runs.len());
+        for run in &runs {
+            let frame = match &run.source {
+                Resolved::Unmapped => Frame::UNMAPPED,
+                Resolved::Zero => Frame::zero(run.prot),
+                Resolved::Data { snapshot, page } => {
+                    let image = snapshot.image();
+                    if !data_images.iter().any(|i| i.id() == image.id()) {
+                        data_images.push(image.clone());
+                    }
+                    Frame::image(image.id(), 1 + page, run.prot)
+                }
+                Resolved::Image { hash, page } => {
+                    let image = match images.get(hash) {
+                        Some(image) => image.clone(),
+                        None => {
+                            let image =
+                                resolver.image(hash).ok_or(Error::MissingImage { hash: *hash, wrong: false })?;
+                            if image.content_hash()? != *hash {
+                                return Err(Error::MissingImage { hash: *hash, wrong: true });
+                            }
+                            images.insert(*hash, image.clone());
+                            image
+                        }
+                    };
+                    let end = (page + run.pages.len()) * ps;
+                    if end > image.len() {
+                        return Err(Error::PastBacking { id: image.id().0, start: page * ps, end, len: image.len() });
+                    }
+                    Frame::image(image.id(), *page, run.prot)
+                }
+                Resolved::Shared { name, page: first } => {
+                    let grant = match grants.get(name) {
+                        Some(grant) => grant.clone(),
+                        None => {
+                            let grant = resolver.buffer(name).ok_or(Error::MissingBuffer { name: name.clone() })?;
+                            grants.insert(name.clone(), grant.clone());
+                            grant
+                        }
+                    };
+                    self.check_grant(&grant, first * ps, run.pages.len() * ps)?;
+                    Frame::shared(grant.buffer().id(), *first, run.prot)
+                }
+            };
+            frames.push((run.pages, frame));
+        }
+        for image in images.values().chain(&data_images) {
+            self.attach_image(image);
+        }
+        for grant in grants.values() {
+            self.attach_buffer(grant.buffer());
+        }
+        let applied = self.apply_layout(len, &frames);
+        self.forget_unused_backings();
+        applied
+    }
+}
+
+impl SnapshotWriter {
+    /// Copies every memory, global and working set of `snapshot` (its
+    /// attached parents included) into this writer with no `Parent` pages:
+    /// the flattened chain, which restores to the same memories without
+    /// the parents. The writer must have no parent and nothing captured.
+    pub fn add_flattened(&mut self, snapshot: &Snapshot) -> Result<()> {
+        snapshot.check_chain()?;
+        for record in &snapshot.manifest().memories {
+            let (len, runs) = resolve(snapshot, &record.name)?;
+            let mut out: Vec<RunRecord> = Vec::with_capacity(runs.len());
+            for run in runs {
+                let source = match run.source {
+                    Resolved::Unmapped => PageSource::Unmapped,
+                    Resolved::Zero => PageSource::Zero,
+                    Resolved::Image { hash, page } => PageSource::Image { image: hash, page },
+                    Resolved::Shared { name, page } => PageSource::Shared { buffer: name, page },
+                    Resolved::Data { snapshot: from, page } => {
+                        let first = self.copy_data_pages(from, page, run.pages.len())?;
+                        PageSource::Data { page: first }
+                    }
+                };
+                out.push(RunRecord { pages: run.pages, prot: run.prot, source });
+            }
+            self.add_memory_record(record.name.clone(), len, record.checkpoint, out)?;
+        }
+        for global in &snapshot.manifest().globals {
+            self.add_global(&global.name, global.value)?;
+        }
+        for ws in &snapshot.manifest().working_set {
+            let name = snapshot.manifest().memories[ws.memory as usize].name.clone();
+            self.add_working_set(&name, ws.pages)?;
+        }
+        Ok(())
+    }
+}
