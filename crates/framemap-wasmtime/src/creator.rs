@@ -8,11 +8,13 @@
 //! Dropped memories return their reset slot to a bounded pool. Each slot is
 //! registered by base address once, when its reservation is made, and
 //! deregistered when it is released (see [`crate::memory`] for how handles
-//! tell the memories a slot serves apart).
+//! tell the memories a slot serves apart). A memory planned to start from a
+//! snapshot ([`crate::PreparedModule::instantiate_snapshot`]) is laid out
+//! from it with [`LinearSpace::restore`] instead of from an image.
 
 use crate::error::{Error, Result};
 use crate::handle::{MemoryHandle, Owner};
-use crate::image_plan;
+use crate::image_plan::{self, SnapshotStart};
 use crate::memory::{FrameMemory, Recycler, Serving};
 use crate::pool::{IdleSlot, SlotKey, SlotPool};
 use crate::slot::Slot;
@@ -164,6 +166,66 @@ impl CreatorShared {
                 self.prefaulted.fetch_add(bytes, Ordering::Relaxed);
             }
         }
+        let (len, capacity) = (space.len(), space.capacity());
+        let slot = Slot::new(space);
+        let generation = slot.lock().start_serving();
+        lock(&self.slots).insert(slot.base(), Arc::downgrade(&slot));
+        self.created.fetch_add(1, Ordering::Relaxed);
+        Ok(Serving { slot, generation, len, capacity })
+    }
+
+    /// A slot of geometry `key` serving a new memory restored from
+    /// `start` (a recycled slot if one is idle, a new reservation
+    /// otherwise). The snapshot's memory must be at least `minimum` bytes
+    /// and at most `maximum`: memories only grow.
+    fn acquire_snapshot(
+        &self,
+        key: SlotKey,
+        minimum: u64,
+        maximum: Option<u64>,
+        start: &SnapshotStart,
+    ) -> Result<Serving> {
+        let create = |source| Error::Create { minimum, reserved: key.capacity, guard: key.guard, source };
+        let len = start.snapshot.memory(&start.memory).map_err(create)?.len;
+        if len < minimum || maximum.is_some_and(|max| len > max) {
+            return Err(Error::SnapshotMismatch {
+                detail: format!(
+                    "memory {:?} holds {len:#x} bytes; the module's memory is {minimum:#x} bytes at least{}",
+                    start.memory,
+                    maximum.map(|m| format!(" and {m:#x} at most")).unwrap_or_default()
+                ),
+            });
+        }
+        let recycled = {
+            let mut pool = lock(&self.pool);
+            let taken = pool.take(key, None);
+            self.idle.store(pool.len(), Ordering::Relaxed);
+            taken
+        };
+        let mut images = start.images.clone();
+        if let Some(IdleSlot { slot, .. }) = recycled {
+            let served = {
+                let mut state = slot.lock();
+                state.space.restore(&start.snapshot, &start.memory, &mut images).map(|()| {
+                    let (len, capacity) = (state.space.len(), state.space.capacity());
+                    (state.start_serving(), len, capacity)
+                })
+            };
+            match served {
+                Ok((generation, len, capacity)) => return Ok(Serving { slot, generation, len, capacity }),
+                Err(e) => {
+                    // Refused before any change (a wrong snapshot) or failed
+                    // in the kernel: the slot is released either way.
+                    self.unusable.fetch_add(1, Ordering::Relaxed);
+                    self.forget(&slot);
+                    return Err(create(e));
+                }
+            }
+        }
+        let mut space = LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len: 0 })
+            .map_err(create)?;
+        space.set_run_budget(self.config.max_runs);
+        space.restore(&start.snapshot, &start.memory, &mut images).map_err(create)?;
         let (len, capacity) = (space.len(), space.capacity());
         let slot = Slot::new(space);
         let generation = slot.lock().start_serving();
@@ -382,7 +444,13 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         )
         .map_err(|e| e.to_string())?;
         let minimum = minimum as u64;
-        let memory = image_plan::with_image(Arc::as_ptr(&self.shared) as usize, &ty, |image| {
+        let maximum = maximum.map(|m| m as u64);
+        let memory = image_plan::with_plan(Arc::as_ptr(&self.shared) as usize, &ty, |planned| {
+            if let Some(start) = planned.and_then(|p| p.snapshot.as_ref()) {
+                let serving = self.shared.acquire_snapshot(key, minimum, maximum, start).map_err(|e| e.to_string())?;
+                return Ok::<_, String>(FrameMemory::new(serving, self.shared.clone(), None));
+            }
+            let image = planned.and_then(|p| p.image.as_ref());
             let serving = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;
             Ok::<_, String>(FrameMemory::new(serving, self.shared.clone(), image.map(Image::id)))
         })?;

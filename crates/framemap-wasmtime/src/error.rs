@@ -161,6 +161,24 @@ pub enum Error {
         #[source]
         source: framemap::Error,
     },
+    /// An instance of this module cannot be snapshot faithfully, or the
+    /// module was not prepared for snapshots
+    /// ([`crate::PreparedModule::with_snapshots`]).
+    #[error("instances of this module cannot be snapshot: {reason}")]
+    NotSnapshottable {
+        /// Why, in words (every blocker found).
+        reason: String,
+    },
+    /// A snapshot does not fit this module or instance: a memory or global
+    /// the module has is missing from it, or it holds one the module lacks.
+    #[error("the snapshot does not fit this module: {detail}")]
+    SnapshotMismatch {
+        /// What does not fit.
+        detail: String,
+    },
+    /// Capturing or opening a snapshot failed in the core.
+    #[error("snapshot: {0}")]
+    Snapshot(#[source] framemap::Error),
     /// A range reaches past the memory's current size
     /// ([`crate::MemoryHandle::make_virtual`]).
     #[error("range {start:#x}..{end:#x} is outside the memory's {size:#x} bytes")]

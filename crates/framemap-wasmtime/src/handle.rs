@@ -18,6 +18,7 @@
 use crate::error::{Error, Result};
 use crate::report::FrameReport;
 use crate::slot::Slot;
+use framemap::snapshot::{BufferNamer, SnapshotWriter};
 use framemap::{Frame, Image, LinearSpace, PageRange, Protection, SharedBuffer, WindowOwner};
 use std::sync::{Arc, Weak};
 use wasmtime::{AsContext, AsContextMut};
@@ -258,6 +259,22 @@ impl MemoryHandle {
     /// of a truncated buffer). `store` must own the memory.
     pub fn write(&self, store: impl AsContextMut, offset: u64, data: &[u8]) -> Result<()> {
         self.run(Some(Owner::of_store(&store)), false, |space| space.write(offset, data))
+    }
+
+    /// Captures the memory into `writer` as memory `name` (see
+    /// [`framemap::snapshot::SnapshotWriter::capture`]: a checkpoint of the
+    /// memory is taken, and an incremental writer stores only what changed
+    /// since its parent). Windows of buffers are recorded by the names
+    /// `names` gives. `store` must own the memory; a poisoned memory is
+    /// refused (its lost pages would be captured as zeros).
+    pub fn capture(
+        &self,
+        store: impl AsContextMut,
+        writer: &mut SnapshotWriter,
+        name: &str,
+        names: BufferNamer<'_>,
+    ) -> Result<()> {
+        self.run(Some(Owner::of_store(&store)), true, |space| writer.capture(name, space, names))
     }
 
     /// Pages of the memory that the hole guard replaced because host code

@@ -13,6 +13,7 @@
 //! silently wrong.
 
 use framemap::Image;
+use framemap::snapshot::Snapshot;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -47,11 +48,24 @@ impl MemoryFacts {
     }
 }
 
-/// One defined memory of a prepared module: its type and initial image.
+/// One defined memory of a prepared module: its type and initial image,
+/// or the snapshot it is restored from.
 #[derive(Clone, Debug)]
 pub(crate) struct MemoryPlan {
     pub facts: MemoryFacts,
     pub image: Option<Image>,
+    pub snapshot: Option<SnapshotStart>,
+}
+
+/// A memory to be restored from a snapshot.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotStart {
+    /// The snapshot (its parents attached).
+    pub snapshot: Snapshot,
+    /// The memory's name in it.
+    pub memory: String,
+    /// The images its clean pages may name (the module's own).
+    pub images: Vec<Image>,
 }
 
 /// The images still to hand out in one instantiation.
@@ -110,7 +124,14 @@ impl Pending {
 /// image of the next memory if a plan of `creator` is installed and `ty` is
 /// that memory's type (advancing the plan), with `None` otherwise. The image
 /// is lent, not copied; `f` must not instantiate (the plan is borrowed).
+#[cfg(test)]
 pub(crate) fn with_image<R>(creator: usize, ty: &MemoryType, f: impl FnOnce(Option<&Image>) -> R) -> R {
+    with_plan(creator, ty, |planned| f(planned.and_then(|p| p.image.as_ref())))
+}
+
+/// As [`with_image`], with the whole plan of the memory served (its image,
+/// or the snapshot it is restored from).
+pub(crate) fn with_plan<R>(creator: usize, ty: &MemoryType, f: impl FnOnce(Option<&MemoryPlan>) -> R) -> R {
     PENDING.with_borrow_mut(|pending| {
         let planned = pending.as_mut().filter(|p| p.creator == creator).and_then(|pending| {
             let planned = pending.plan.as_ref()?.get(pending.next)?;
@@ -120,7 +141,7 @@ pub(crate) fn with_image<R>(creator: usize, ty: &MemoryType, f: impl FnOnce(Opti
             pending.next += 1;
             Some(planned)
         });
-        f(planned.and_then(|p| p.image.as_ref()))
+        f(planned)
     })
 }
 
@@ -152,7 +173,7 @@ mod tests {
 
     fn plan(ty: &MemoryType) -> Arc<[MemoryPlan]> {
         let image = Image::from_bytes(&[1u8; 16]).expect("image");
-        Arc::from(vec![MemoryPlan { facts: MemoryFacts::of(ty).expect("facts"), image: Some(image) }])
+        Arc::from(vec![MemoryPlan { facts: MemoryFacts::of(ty).expect("facts"), image: Some(image), snapshot: None }])
     }
 
     #[test]

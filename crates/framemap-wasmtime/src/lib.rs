@@ -36,6 +36,7 @@ mod prepared;
 mod report;
 pub mod rewrite;
 mod slot;
+pub mod state;
 
 pub use creator::{CreatorConfig, CreatorStats, FrameMemoryCreator};
 pub use engine::{configure, engine};

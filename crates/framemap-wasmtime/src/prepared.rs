@@ -14,11 +14,13 @@
 
 use crate::creator::FrameMemoryCreator;
 use crate::error::{Error, Result};
-use crate::image_plan::{MemoryFacts, MemoryPlan, Pending, WithPlan};
+use crate::image_plan::{MemoryFacts, MemoryPlan, Pending, SnapshotStart, WithPlan};
 use crate::rewrite::{MemoryInit, NotPrepared, Preparation, defined_memories, prepare};
+use crate::state::{StateLayout, export_state, global_export, memory_export, restore_variant};
 use framemap::Image;
+use framemap::snapshot::{GlobalValue, Snapshot, SnapshotWriter};
 use std::sync::Arc;
-use wasmtime::{AsContextMut, Engine, Extern, Instance, InstancePre, Linker, Module};
+use wasmtime::{AsContextMut, Engine, Extern, Instance, InstancePre, Linker, Module, Val};
 
 /// A module compiled for instantiation from images, bound to the
 /// [`FrameMemoryCreator`] installed in its engine.
@@ -31,6 +33,20 @@ pub struct PreparedModule {
     /// Shared with every instantiation in flight (no copy per instantiation).
     plan: Option<Arc<[MemoryPlan]>>,
     not_prepared: Option<NotPrepared>,
+    /// What instance snapshots need, for a module made with
+    /// [`PreparedModule::with_snapshots`].
+    snapshots: Option<Arc<SnapshotSupport>>,
+}
+
+/// What capturing and restoring instances of a module needs.
+#[derive(Debug)]
+struct SnapshotSupport {
+    /// The state the rewritten module exports, and what blocks snapshots.
+    layout: StateLayout,
+    /// The module restores instantiate: no start function, no active data.
+    restore_module: Module,
+    /// The type facts of each defined memory, in order.
+    facts: Vec<MemoryFacts>,
 }
 
 impl PreparedModule {
@@ -55,7 +71,7 @@ impl PreparedModule {
         };
         let mut plan = Vec::new();
         for memory in memories.iter().flatten() {
-            plan.push(MemoryPlan { facts: facts(memory), image: segments_image(memory)? });
+            plan.push(MemoryPlan { facts: facts(memory), image: segments_image(memory)?, snapshot: None });
         }
         let first_memory = memories.as_deref().and_then(<[MemoryInit]>::first).map_or(0, |m| m.memory_index);
         let (module, plan, not_prepared) = match (memories, gc_heap_ambiguity(&binary, &plan, first_memory)) {
@@ -71,7 +87,168 @@ impl PreparedModule {
             (Some(_), Some(reason)) => (compile(&binary)?, None, Some(reason)),
             (None, _) => (compile(&binary)?, None, not_prepared),
         };
-        Ok(PreparedModule { module, creator: creator.clone(), plan, not_prepared })
+        Ok(PreparedModule { module, creator: creator.clone(), plan, not_prepared, snapshots: None })
+    }
+
+    /// As [`PreparedModule::new`], and ready for instance snapshots
+    /// ([`PreparedModule::capture`], [`PreparedModule::instantiate_snapshot`]):
+    /// every defined memory and mutable global is also exported, under the
+    /// reserved names of [`crate::state`], so a capture misses nothing; and
+    /// the module restores instantiate (no start function, no active data:
+    /// the snapshot holds their effects) is compiled too, which doubles the
+    /// compile time. Instances of a module with a [`crate::state::Blocker`]
+    /// (tables it may change, dropped segments, shared or imported memories,
+    /// reference globals) still run; capturing them is refused.
+    pub fn with_snapshots(
+        creator: &Arc<FrameMemoryCreator>,
+        engine: &Engine,
+        wasm: impl AsRef<[u8]>,
+    ) -> Result<PreparedModule> {
+        let binary = wat::parse_bytes(wasm.as_ref()).map_err(|e| Error::InvalidModule(e.to_string()))?;
+        let invalid = |e: &dyn std::fmt::Display| Error::InvalidModule(e.to_string());
+        prepare(&binary).map_err(|e| invalid(&e))?; // validates, refuses components
+        let (exported, layout) = export_state(&binary).map_err(|e| invalid(&e))?;
+        let mut prepared = PreparedModule::new(creator, engine, &exported)?;
+        let restore = restore_variant(&exported).map_err(|e| invalid(&e))?;
+        let restore_module = Module::new(engine, &restore).map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+        let memories = defined_memories(&exported).map_err(|e| invalid(&e))?;
+        let facts = memories.ok_or(Error::NotSnapshottable { reason: "a memory's size overflows".into() })?;
+        let facts = facts.iter().map(self::facts).collect();
+        prepared.snapshots = Some(Arc::new(SnapshotSupport { layout, restore_module, facts }));
+        Ok(prepared)
+    }
+
+    /// The snapshot support, if instances of this module can be captured.
+    fn snapshot_support(&self) -> Result<&SnapshotSupport> {
+        let support = self.snapshots.as_deref().ok_or_else(|| Error::NotSnapshottable {
+            reason: "the module was not prepared with PreparedModule::with_snapshots".into(),
+        })?;
+        if !support.layout.blockers.is_empty() {
+            let reasons: Vec<String> = support.layout.blockers.iter().map(ToString::to_string).collect();
+            return Err(Error::NotSnapshottable { reason: reasons.join("; ") });
+        }
+        Ok(support)
+    }
+
+    /// Captures `instance` (an instance of this module in `store`) into
+    /// `writer`: every defined memory, as `framemap:memory:N`, and every
+    /// mutable global, as `framemap:global:N` (see [`crate::state`]). With
+    /// an incremental writer, each memory stores only what changed since the
+    /// parent was captured (or since the instance was restored from it).
+    /// The guest must not be running (the store is borrowed mutably).
+    pub fn capture(
+        &self,
+        mut store: impl AsContextMut,
+        instance: &Instance,
+        writer: &mut SnapshotWriter,
+    ) -> Result<()> {
+        let support = self.snapshot_support()?;
+        let missing = |name: &str| Error::SnapshotMismatch {
+            detail: format!("the instance has no export {name:?}: is it an instance of this module?"),
+        };
+        for &index in &support.layout.memories {
+            let name = memory_export(index);
+            let memory = instance.get_memory(&mut store, &name).ok_or_else(|| missing(&name))?;
+            let handle = self.creator.handle(&store, &memory)?;
+            handle.capture(&mut store, writer, &name, &|_| None)?;
+        }
+        for &index in &support.layout.globals {
+            let name = global_export(index);
+            let global = instance.get_global(&mut store, &name).ok_or_else(|| missing(&name))?;
+            let value = match global.get(&mut store) {
+                Val::I32(v) => GlobalValue::I32(v),
+                Val::I64(v) => GlobalValue::I64(v),
+                Val::F32(bits) => GlobalValue::F32(bits),
+                Val::F64(bits) => GlobalValue::F64(bits),
+                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+                _ => return Err(Error::NotSnapshottable { reason: format!("global {index} holds a reference") }),
+            };
+            writer.add_global(&name, value).map_err(Error::Snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// Instantiates the module from `snapshot` (its parents attached): its
+    /// memories are the snapshot's, mapped lazily (copy-on-write from the
+    /// snapshot's file and the module's images), its mutable globals the
+    /// snapshot's, its start function not run again and no data segment
+    /// applied (the snapshot holds their effects); tables are rebuilt from
+    /// the module's element segments (a module that changes tables cannot be
+    /// captured). Refused if the snapshot does not fit the module.
+    pub fn instantiate_snapshot(
+        &self,
+        mut store: impl AsContextMut,
+        imports: &[Extern],
+        snapshot: &Snapshot,
+    ) -> wasmtime::Result<Instance> {
+        let (support, mut pending) = self.restore_plan(snapshot)?;
+        let instance = pending.run(|| Instance::new(&mut store, &support.restore_module, imports))?;
+        check_served(&pending)?;
+        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
+        Ok(instance)
+    }
+
+    /// [`PreparedModule::instantiate_snapshot`] with imports resolved by
+    /// `linker`.
+    pub fn instantiate_snapshot_with<T: 'static>(
+        &self,
+        linker: &Linker<T>,
+        mut store: impl AsContextMut<Data = T>,
+        snapshot: &Snapshot,
+    ) -> wasmtime::Result<Instance> {
+        let (support, mut pending) = self.restore_plan(snapshot)?;
+        let instance = pending.run(|| linker.instantiate(&mut store, &support.restore_module))?;
+        check_served(&pending)?;
+        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
+        Ok(instance)
+    }
+
+    /// Asynchronous [`PreparedModule::instantiate_snapshot_with`], for stores
+    /// of async engines; the future may move between threads.
+    pub async fn instantiate_snapshot_with_async<T: Send + 'static>(
+        &self,
+        linker: &Linker<T>,
+        mut store: impl AsContextMut<Data = T>,
+        snapshot: &Snapshot,
+    ) -> wasmtime::Result<Instance> {
+        let (support, mut pending) = self.restore_plan(snapshot)?;
+        let instance =
+            WithPlan::new(linker.instantiate_async(&mut store, &support.restore_module), &mut pending).await?;
+        check_served(&pending)?;
+        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
+        Ok(instance)
+    }
+
+    /// Checks that `snapshot` fits this module and plans its memories.
+    fn restore_plan(&self, snapshot: &Snapshot) -> Result<(&SnapshotSupport, Pending)> {
+        let support = self.snapshot_support()?;
+        snapshot.check_chain().map_err(Error::Snapshot)?;
+        let manifest = snapshot.manifest();
+        let names: Vec<String> = support.layout.memories.iter().map(|&i| memory_export(i)).collect();
+        if manifest.memories.len() != names.len() || names.iter().any(|n| snapshot.memory(n).is_err()) {
+            let held: Vec<&str> = manifest.memories.iter().map(|m| m.name.as_str()).collect();
+            return Err(Error::SnapshotMismatch {
+                detail: format!("the module's memories are {names:?}, the snapshot holds {held:?}"),
+            });
+        }
+        for &index in &support.layout.globals {
+            let name = global_export(index);
+            if !manifest.globals.iter().any(|g| g.name == name) {
+                return Err(Error::SnapshotMismatch { detail: format!("global {name:?} is missing") });
+            }
+        }
+        let images: Vec<Image> = self.images().into_iter().flatten().collect();
+        let plan: Vec<MemoryPlan> = support
+            .facts
+            .iter()
+            .zip(names)
+            .map(|(facts, memory)| MemoryPlan {
+                facts: *facts,
+                image: None,
+                snapshot: Some(SnapshotStart { snapshot: snapshot.clone(), memory, images: images.clone() }),
+            })
+            .collect();
+        Ok((support, Pending::new(self.creator.id(), Arc::from(plan))))
     }
 
     /// The compiled module (with its cut data segments made empty and passive,
@@ -231,6 +408,34 @@ impl<T: 'static> PreparedInstancePre<T> {
     pub fn prepared(&self) -> &PreparedModule {
         &self.prepared
     }
+}
+
+/// Sets the mutable globals of a just restored `instance` to `snapshot`'s.
+fn restore_globals(
+    layout: &StateLayout,
+    mut store: impl AsContextMut,
+    instance: &Instance,
+    snapshot: &Snapshot,
+) -> wasmtime::Result<()> {
+    for &index in &layout.globals {
+        let name = global_export(index);
+        let global = instance.get_global(&mut store, &name).ok_or_else(|| Error::SnapshotMismatch {
+            detail: format!("the restored instance has no export {name:?}"),
+        })?;
+        let record = snapshot.manifest().globals.iter().find(|g| g.name == name);
+        let value = record.ok_or_else(|| Error::SnapshotMismatch { detail: format!("global {name:?} is missing") })?;
+        let value = match value.value {
+            GlobalValue::I32(v) => Val::I32(v),
+            GlobalValue::I64(v) => Val::I64(v),
+            GlobalValue::F32(bits) => Val::F32(bits),
+            GlobalValue::F64(bits) => Val::F64(bits),
+            GlobalValue::V128(v) => Val::V128(v.into()),
+        };
+        global
+            .set(&mut store, value)
+            .map_err(|e| Error::SnapshotMismatch { detail: format!("global {name:?}: {e}") })?;
+    }
+    Ok(())
 }
 
 /// The type facts of a planned memory.

@@ -82,7 +82,7 @@ impl Chain {
         let stride = (pages / n).max(1);
         for i in 0..n {
             let at = ((i * stride + self.next) % pages) * page();
-            self.memory.write(at, &self.next.to_le_bytes()).expect("write");
+            self.memory.write(at, &(self.next + 1).to_le_bytes()).expect("write");
         }
         self.next += 1;
     }

@@ -36,6 +36,9 @@ struct ImageFile {
     /// The SHA-256 of the contents, computed on first use (immutable
     /// files only: another's may change).
     hash: OnceLock<crate::snapshot::Digest>,
+    /// Whether this is a snapshot file, whose pages a capture refers to by
+    /// snapshot rather than by the file's content hash.
+    snapshot: bool,
 }
 
 impl fmt::Debug for Image {
@@ -182,7 +185,10 @@ impl Image {
             .st_ino;
         let immutable = memfd::cannot_be_written(&fd);
         let (view, hash) = (OnceLock::new(), OnceLock::new());
-        Ok(Image { inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, immutable, view, hash }) })
+        let snapshot = false;
+        Ok(Image {
+            inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, immutable, view, hash, snapshot }),
+        })
     }
 
     /// Whether the image's file is sealed against writes (`F_SEAL_WRITE`;
@@ -193,6 +199,20 @@ impl Image {
     /// `&[u8]`.
     pub fn is_immutable(&self) -> bool {
         self.inner.immutable
+    }
+
+    /// This image, marked as a snapshot file's (it must be fresh: no clone
+    /// of it exists yet).
+    pub(crate) fn into_snapshot_data(mut self) -> Image {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.snapshot = true;
+        }
+        self
+    }
+
+    /// Whether this image is a snapshot file (see [`crate::snapshot`]).
+    pub(crate) fn is_snapshot_data(&self) -> bool {
+        self.inner.snapshot
     }
 
     /// The image's identity in frame tables.

@@ -512,3 +512,57 @@ fn random_sequences_round_trip_through_incremental_chains() {
     }
     println!("{steps} random operations, each round checked through its chain and flattened");
 }
+
+/// A restored memory starts at the snapshot's checkpoint: an incremental
+/// capture against that snapshot stores only what was written since the
+/// restore, and a full capture stores the snapshot's pages by content (it
+/// never names the snapshot file as an image).
+#[test]
+fn a_restored_memory_continues_the_chain_of_the_snapshot_it_came_from() {
+    let tracked = tracks_writes();
+    let p = page();
+    let image = image();
+    let mut m = varied(&image);
+    let mut w = SnapshotWriter::in_memory().unwrap();
+    w.capture("0", &mut m, &no_names).unwrap();
+    let base = w.finish_in_memory().unwrap();
+
+    let mut r = restored(&base, "0", &mut vec![image.clone()], 64);
+    r.write(30 * p, b"after restore").unwrap();
+    let mut w = SnapshotWriter::in_memory().unwrap().incremental_to(&base);
+    w.capture("0", &mut r, &no_names).unwrap();
+    let child = w.finish_in_memory().unwrap().with_parent(base.clone()).unwrap();
+    if tracked {
+        assert_eq!(child.data_pages(), 1, "only the page written since the restore");
+    }
+    assert_same_memory(&r, &restored(&child, "0", &mut vec![image.clone()], 64));
+
+    let mut w = SnapshotWriter::in_memory().unwrap();
+    w.capture("0", &mut r, &no_names).unwrap();
+    let full = w.finish_in_memory().unwrap();
+    assert_eq!(full.parent_id(), None);
+    assert_same_memory(&r, &restored(&full, "0", &mut vec![image.clone()], 64));
+    assert!(full.data_pages() > base.data_pages());
+}
+
+/// A memory restored over one restored from the same snapshot, at other
+/// offsets (a recycled slot that served another memory of the instance):
+/// replacing the old frames of the snapshot's file must not let the file
+/// go before the new frames naming it are mapped.
+#[test]
+fn restoring_over_another_memory_of_the_same_snapshot_keeps_the_file() {
+    let p = page();
+    let mut a = space(16);
+    a.write(0, b"first memory").unwrap();
+    let mut b = space(16);
+    b.write(9 * p, b"second memory").unwrap();
+    let mut w = SnapshotWriter::in_memory().unwrap();
+    w.capture("a", &mut a, &no_names).unwrap();
+    w.capture("b", &mut b, &no_names).unwrap();
+    let snap = w.finish_in_memory().unwrap();
+    let mut r = restored(&snap, "a", &mut (), 16);
+    r.restore(&snap, "b", &mut ()).unwrap();
+    assert_same_memory(&b, &r);
+    r.restore(&snap, "a", &mut ()).unwrap();
+    assert_same_memory(&a, &r);
+}

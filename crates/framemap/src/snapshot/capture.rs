@@ -189,7 +189,7 @@ impl SnapshotWriter {
                 }
             }
         }
-        let scan = space.advance_checkpoint()?;
+        let scan = space.advance_checkpoint(scope == Scope::Changed && !parent)?;
         // Pages stored by content, and (incremental) pages that read their
         // frame's initial contents rather than the parent's.
         let accessible = space.accessible_pages();
@@ -210,16 +210,32 @@ impl SnapshotWriter {
                     push_run(&mut runs, run, prot, PageSource::Shared { buffer: buffer_name, page });
                 }
                 kind @ (FrameKind::Zero | FrameKind::Image { .. }) => {
+                    // Pages of a snapshot's data (a restored memory) are not
+                    // named by the snapshot file's hash: an incremental
+                    // capture refers to them as the parent's, a full one
+                    // stores them by content.
+                    let mut whole_run = None;
                     let initial = match kind {
                         FrameKind::Image { image, page } => {
                             let image = space.image(image).ok_or(Error::UnknownBacking { id: image.0 })?;
-                            PageSource::Image { image: image.content_hash()?, page }
+                            if image.is_snapshot_data() {
+                                if !parent || scope == Scope::AllPages {
+                                    whole_run = Some([run]);
+                                }
+                                PageSource::Parent
+                            } else {
+                                PageSource::Image { image: image.content_hash()?, page }
+                            }
                         }
                         _ => PageSource::Zero,
                     };
+                    let stored_here: &[PageRange] = match &whole_run {
+                        Some(whole) => whole,
+                        None => &by_content,
+                    };
                     // Split the run by which pages are stored, and (for the
                     // rest) whether they are fresh or the parent's.
-                    for (piece, stored) in split(run, &by_content) {
+                    for (piece, stored) in split(run, stored_here) {
                         if stored {
                             self.store_pages(
                                 space,
@@ -261,25 +277,38 @@ impl SnapshotWriter {
         elide_zero: bool,
         runs: &mut Vec<RunRecord>,
     ) -> Result<()> {
+        const CHUNK: u64 = 64;
         let page = self.page as usize;
-        let mut buf = vec![0u8; page * 64];
+        let mut buf = vec![0u8; page * CHUNK as usize];
         let mut at = pages.start;
         while at < pages.end {
-            let n = (pages.end - at).min(64);
+            let n = (pages.end - at).min(CHUNK);
             let chunk = &mut buf[..n as usize * page];
             space.read_for_snapshot(at * self.page, chunk)?;
-            for (i, bytes) in chunk.chunks(page).enumerate() {
+            // The chunk's stored pages are packed to its front and written
+            // with one call: data pages are numbered in order.
+            let first_data = self.data_pages;
+            let mut kept = 0usize;
+            for i in 0..n as usize {
                 let p = at + i as u64;
                 let one = PageRange::new(p, p + 1);
-                if elide_zero && matches!(initial, PageSource::Zero) && bytes.iter().all(|&b| b == 0) {
+                let bytes = i * page..(i + 1) * page;
+                if elide_zero && matches!(initial, PageSource::Zero) && chunk[bytes.clone()].iter().all(|&b| b == 0) {
                     push_run(runs, one, prot, PageSource::Zero);
                     continue;
                 }
-                let offset = self.page * (1 + self.data_pages);
-                memfd::write_all_at(&self.file, bytes, offset).map_err(|source| self.io(source))?;
-                self.data_hash.update(bytes);
+                if kept != i {
+                    chunk.copy_within(bytes, kept * page);
+                }
                 push_run(runs, one, prot, PageSource::Data { page: self.data_pages });
                 self.data_pages += 1;
+                kept += 1;
+            }
+            if kept > 0 {
+                let stored = &chunk[..kept * page];
+                let offset = self.page * (1 + first_data);
+                memfd::write_all_at(&self.file, stored, offset).map_err(|source| self.io(source))?;
+                self.data_hash.update(stored);
             }
             at += n;
         }

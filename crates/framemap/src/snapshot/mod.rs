@@ -35,7 +35,7 @@ mod capture;
 mod format;
 mod restore;
 
-pub use capture::{Durability, SnapshotInfo, SnapshotWriter};
+pub use capture::{BufferNamer, Durability, SnapshotInfo, SnapshotWriter};
 pub use format::{
     Digest, FORMAT_VERSION, GlobalRecord, GlobalValue, MAX_NAME_LEN, Manifest, MemoryRecord, PageSource, RunRecord,
     WorkingSetRecord,
@@ -129,6 +129,7 @@ impl Snapshot {
             return Err(Error::SnapshotPageSize { snapshot: header.page_size.into(), host });
         }
         let manifest = Manifest::decode(manifest_bytes, host, header.data_pages).map_err(|e| invalid(&path, e))?;
+        let image = image.into_snapshot_data();
         let id = Digest::of(manifest_bytes);
         Ok(Snapshot { inner: Arc::new(Opened { id, header, manifest, image, parent: None, path }) })
     }

@@ -222,7 +222,11 @@ impl LinearSpace {
         }
         let applied = self.apply_layout(len, &frames);
         self.forget_unused_backings();
-        applied
+        applied?;
+        // Nothing is written yet: the memory is the snapshot, and an
+        // incremental capture against it starts here.
+        self.adopt_checkpoint(snapshot.memory(name)?.checkpoint);
+        Ok(())
     }
 }
 

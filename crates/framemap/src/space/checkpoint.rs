@@ -44,15 +44,25 @@ pub struct Checkpoint {
     generation: u64,
     /// Which checkpoint of that life (1 is the first).
     index: u64,
+    /// Its token (see [`Checkpoint::token`]).
+    token: u64,
 }
 
 impl Checkpoint {
     /// A token naming this checkpoint, unique in practice across processes
     /// (a snapshot file records it, so that an incremental snapshot can
     /// check that its parent was captured at the checkpoint it starts from).
+    /// A memory restored from a snapshot starts at a checkpoint whose token
+    /// is the one the snapshot recorded: its contents are the snapshot's.
     pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// A fresh token for checkpoint `index` of life `generation` of space
+    /// `space`.
+    fn fresh_token(space: u64, generation: u64, index: u64) -> u64 {
         let mut h = std::hash::DefaultHasher::new();
-        (process_salt(), self.space, self.generation, self.index).hash(&mut h);
+        (process_salt(), space, generation, index).hash(&mut h);
         h.finish()
     }
 }
@@ -73,6 +83,8 @@ pub(super) struct Checkpoints {
     generation: u64,
     /// The latest checkpoint of this life (0: none yet).
     latest: u64,
+    /// The latest checkpoint's token.
+    token: u64,
     /// Pages whose contents changed without a write since the latest
     /// checkpoint (sorted, disjoint).
     remapped: Vec<PageRange>,
@@ -87,6 +99,7 @@ impl Default for Checkpoints {
             space: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             generation: 0,
             latest: 0,
+            token: 0,
             remapped: Vec::new(),
             owed: Vec::new(),
         }
@@ -111,6 +124,7 @@ impl Checkpoints {
     pub(super) fn new_life(&mut self) {
         self.generation += 1;
         self.latest = 0;
+        self.token = 0;
         self.remapped.clear();
         self.owed.clear();
     }
@@ -128,7 +142,8 @@ pub(crate) struct CheckpointScan {
     /// before (meaningless if there was none), sorted and disjoint.
     pub(crate) remapped: Vec<PageRange>,
     /// Every page that may differ from its frame's initial contents: written
-    /// since the last reset (`written` included), sorted and disjoint.
+    /// since the last reset (`written` included), sorted and disjoint (empty
+    /// unless asked for).
     pub(crate) dirty: Vec<PageRange>,
 }
 
@@ -146,7 +161,7 @@ impl LinearSpace {
     /// asynchronous userfaultfd write-protection); elsewhere every page
     /// present counts as changed. A reset ends every checkpoint.
     pub fn checkpoint(&mut self) -> Result<Checkpoint> {
-        Ok(self.advance_checkpoint()?.checkpoint)
+        Ok(self.advance_checkpoint(false)?.checkpoint)
     }
 
     /// The pages whose contents may differ from those at `checkpoint`
@@ -169,7 +184,24 @@ impl LinearSpace {
     /// reset or new layout.
     pub fn latest_checkpoint(&self) -> Option<Checkpoint> {
         let c = &self.checkpoints;
-        (c.latest != 0).then_some(Checkpoint { space: c.space, generation: c.generation, index: c.latest })
+        (c.latest != 0).then_some(Checkpoint {
+            space: c.space,
+            generation: c.generation,
+            index: c.latest,
+            token: c.token,
+        })
+    }
+
+    /// Starts this life at a checkpoint whose token is `token`: the memory's
+    /// contents are those of the snapshot that recorded it (called by
+    /// [`LinearSpace::restore`] right after laying the memory out, when no
+    /// page has been written: an incremental capture against that snapshot
+    /// then stores exactly the pages written since).
+    pub(crate) fn adopt_checkpoint(&mut self, token: u64) {
+        let c = &mut self.checkpoints;
+        c.latest = 1;
+        c.token = token;
+        c.remapped.clear();
     }
 
     /// Refuses a checkpoint that is not this space's latest of this life.
@@ -187,18 +219,22 @@ impl LinearSpace {
 
     /// Takes a checkpoint and says what changed since the one before: the
     /// pages written since are found and write-protected in one walk.
-    pub(crate) fn advance_checkpoint(&mut self) -> Result<CheckpointScan> {
+    /// `want_dirty` asks for [`CheckpointScan::dirty`] (a copy of every
+    /// page written since the last reset: only a full capture needs it).
+    pub(crate) fn advance_checkpoint(&mut self, want_dirty: bool) -> Result<CheckpointScan> {
         self.reconcile()?;
         let (written, _) = self.written_pages(true)?;
         let c = &mut self.checkpoints;
-        for &range in &written {
-            insert_range(&mut c.owed, range);
+        // One merge of two sorted lists, not one insertion per range.
+        if !written.is_empty() {
+            c.owed = union(&c.owed, &written);
         }
         c.latest += 1;
+        c.token = Checkpoint::fresh_token(c.space, c.generation, c.latest);
         let remapped = std::mem::take(&mut c.remapped);
         Ok(CheckpointScan {
-            checkpoint: Checkpoint { space: c.space, generation: c.generation, index: c.latest },
-            dirty: c.owed.clone(),
+            checkpoint: Checkpoint { space: c.space, generation: c.generation, index: c.latest, token: c.token },
+            dirty: if want_dirty { c.owed.clone() } else { Vec::new() },
             written,
             remapped,
         })

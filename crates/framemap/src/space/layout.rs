@@ -12,7 +12,7 @@ use super::LinearSpace;
 use super::commit::Change;
 use crate::buffer::{BufferGrant, SharedBuffer};
 use crate::error::{Error, Result};
-use crate::frame::{BackingId, Frame};
+use crate::frame::{BackingId, Frame, FrameKind};
 use crate::image::Image;
 use crate::page::PageRange;
 
@@ -78,14 +78,41 @@ impl LinearSpace {
             // Before the pages go: the hole guard must not touch them after.
             self.guard_accessible_pages(new.end);
         }
-        self.commit(PageRange::new(new.end, old.end), Change::Map(Frame::UNMAPPED))?;
-        for &(range, frame) in frames {
-            self.commit(range, Change::Map(frame))?;
+        // Every backing the new frames name is pinned for the whole layout:
+        // replacing the last old frames of a backing (say, the same
+        // snapshot's pages at other offsets) must not let it go before the
+        // new frames that name it are mapped (invariant 5).
+        let mut pins: Vec<BackingId> = frames.iter().filter_map(|&(_, frame)| backing(frame)).collect();
+        pins.sort_unstable();
+        pins.dedup();
+        for id in &pins {
+            *self.backing_pages.entry(*id).or_default() += 1;
         }
+        let laid = self
+            .commit(PageRange::new(new.end, old.end), Change::Map(Frame::UNMAPPED))
+            .and_then(|()| frames.iter().try_for_each(|&(range, frame)| self.commit(range, Change::Map(frame))));
+        for id in &pins {
+            let pages = self.backing_pages.entry(*id).or_default();
+            *pages = pages.saturating_sub(1);
+            if *pages == 0 {
+                self.backing_pages.remove(id);
+                self.images.remove(id);
+                self.buffers.remove(id);
+            }
+        }
+        laid?;
         self.len = len;
         if new.end > old.end {
             self.guard_accessible_pages(new.end);
         }
         Ok(())
+    }
+}
+
+/// The image or buffer a frame names, if any.
+fn backing(frame: Frame) -> Option<BackingId> {
+    match frame.kind() {
+        FrameKind::Image { image: id, .. } | FrameKind::Shared { buffer: id, .. } => Some(id),
+        FrameKind::Unmapped | FrameKind::Zero => None,
     }
 }
