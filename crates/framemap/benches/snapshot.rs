@@ -22,15 +22,29 @@
 //! target ≤ 1.2×; the wasmtime-level comparison needs instance snapshots,
 //! which are not built yet).
 //!
+//! **Working set.** A 64 MiB memory captured with a working set of 2048
+//! pages (1536 data pages in 48 stretches of 32, and 512 never-written
+//! zero pages), restored into a fresh memory, then every page of the
+//! working set read (or written) once: the first call's page faults (of
+//! this thread, `getrusage(RUSAGE_THREAD)`, over the restore and the
+//! touches) and time, without prefetching and with `Prefetch::Read` (and
+//! `Prefetch::Write` for the writes). Target: >= 90% fewer faults. And the
+//! restore alone, with and without the prefetch, against laying out a
+//! memory with an image of the same bytes (`restore_layout`).
+//!
 //! Each figure is the median of interleaved rounds; the output says what
-//! was measured, and nothing else.
+//! was measured, and nothing else. A first argument that is not a flag
+//! runs only the parts whose name contains it (`capture`, `restore`,
+//! `working set`, or the criterion benchmark's name), e.g.
+//! `cargo bench -p framemap --bench snapshot -- working` (the capture part
+//! writes 1 GiB files).
 
 // criterion_group! and criterion_main! generate undocumented items.
 #![allow(missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use framemap::snapshot::{Durability, Snapshot, SnapshotWriter};
-use framemap::{Image, LinearSpace, SharedBuffer, SpaceConfig};
+use framemap::snapshot::{Durability, RestoreOptions, Snapshot, SnapshotWriter};
+use framemap::{Image, LinearSpace, PageRange, Prefetch, SharedBuffer, SpaceConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -234,16 +248,261 @@ fn restore_ratios() {
     );
 }
 
+/// Minor page faults this thread has taken so far.
+fn minor_faults() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the buffer it is given,
+    // which is one, and aligned.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_THREAD)");
+    // SAFETY: zeroed() made every byte valid, and getrusage filled it in.
+    unsafe { usage.assume_init() }.ru_minflt as u64
+}
+
+/// What one restore and first touch cost.
+#[derive(Clone, Copy)]
+struct FirstTouch {
+    /// The restore (with its prefetch).
+    restore: Duration,
+    /// The touches: the "first call".
+    touch: Duration,
+    /// Minor faults the kernel counted during the restore: a prefetch's
+    /// page-ins count as faults of the thread that asks (but are taken in
+    /// one call, not one trap each).
+    restore_faults: u64,
+    /// Minor faults during the touches.
+    touch_faults: u64,
+}
+
+/// Restores memory "0" of `snapshot` into a fresh memory with `prefetch`,
+/// then touches one byte of every page of `working_set` (writes it if
+/// `write`). The memory is made before and dropped after the measurement.
+fn first_touch(snapshot: &Snapshot, working_set: &[PageRange], prefetch: Prefetch, write: bool) -> FirstTouch {
+    let p = page();
+    let mut memory = space(snapshot.memory("0").expect("memory").len);
+    let mut byte = [0u8; 1];
+    let f0 = minor_faults();
+    let t0 = Instant::now();
+    let report = memory.restore_with(snapshot, "0", &mut (), RestoreOptions { prefetch }).expect("restore");
+    let t1 = Instant::now();
+    let f1 = minor_faults();
+    for page in working_set.iter().flat_map(|r| r.start..r.end) {
+        if write {
+            memory.write(page * p, &[0x5a]).expect("write");
+        } else {
+            memory.read(page * p, &mut byte).expect("read");
+        }
+    }
+    let t2 = Instant::now();
+    let f2 = minor_faults();
+    assert!(report.error.is_none(), "{report:?}");
+    std::hint::black_box(byte);
+    FirstTouch { restore: t1 - t0, touch: t2 - t1, restore_faults: f1 - f0, touch_faults: f2 - f1 }
+}
+
+/// Drops the file's pages from the page cache (they are clean: the file
+/// was synced), so the next read of each comes from the disk.
+fn evict(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open");
+    // SAFETY: an advice on a file descriptor this function holds open.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+fn working_set_ratios() {
+    let p = page();
+    let bytes = 64 * MIB;
+    let pages = bytes / p;
+    // 48 MiB written (stored by content), 16 MiB never written (zero holes).
+    let written = pages * 3 / 4;
+    let mut m = space(bytes);
+    let mut contents = vec![0u8; bytes as usize];
+    for i in 0..written {
+        let v = 1 + (i % 251) as u8;
+        contents[(i * p) as usize] = v;
+        m.write(i * p, &[v]).expect("write");
+    }
+    let stride = written / 48;
+    let mut working_set: Vec<PageRange> = (0..48).map(|i| PageRange::new(i * stride, i * stride + 32)).collect();
+    working_set.push(PageRange::new(written, written + 512));
+    let set_pages: u64 = working_set.iter().map(|r| r.len()).sum();
+    let image = Image::from_bytes(&contents).expect("image");
+    drop(contents);
+    // Packed (the working set's data pages first), and the same working
+    // set recorded without packing (data pages in memory order), in memory
+    // and in synced files.
+    let dir = dir();
+    let mut snapshots = Vec::new();
+    for (packed, file) in [(true, None), (false, None), (true, Some("ws-packed")), (false, Some("ws-unpacked"))] {
+        let mut w = match file {
+            Some(name) => SnapshotWriter::to_path(dir.join(name), Durability::Synced).expect("writer"),
+            None => SnapshotWriter::in_memory().expect("writer"),
+        };
+        if packed {
+            w.capture_with_working_set("0", &mut m, &no_names, &working_set).expect("capture");
+        } else {
+            w.capture("0", &mut m, &no_names).expect("capture");
+            for &range in &working_set {
+                w.add_working_set("0", range).expect("working set");
+            }
+        }
+        snapshots.push(match file {
+            Some(name) => {
+                w.finish().expect("finish");
+                // SAFETY: the bench's own file: nothing writes or truncates
+                // it while the snapshot lives.
+                unsafe { Snapshot::map_file(dir.join(name)) }.expect("map")
+            }
+            None => w.finish_in_memory().expect("finish"),
+        });
+    }
+    drop(m);
+    let runs = |s: &Snapshot| s.memory("0").expect("memory").runs.len();
+    let (packed, unpacked) = (&snapshots[0], &snapshots[1]);
+
+    let rounds = 21;
+    let variants = [
+        ("read, no prefetch", Prefetch::Off, false),
+        ("read, Prefetch::Read", Prefetch::Read, false),
+        ("write, no prefetch", Prefetch::Off, true),
+        ("write, Prefetch::Read", Prefetch::Read, true),
+        ("write, Prefetch::Write", Prefetch::Write, true),
+    ];
+    let mut touches: Vec<Vec<FirstTouch>> = vec![Vec::new(); variants.len()];
+    // Restore alone: packed lazy, unpacked lazy, packed prefetched,
+    // unpacked prefetched, image layout.
+    let mut alone: Vec<Vec<Duration>> = vec![Vec::new(); 5];
+    // Cold files, restore and first read: packed without prefetch, packed
+    // prefetched, unpacked prefetched.
+    let mut cold: Vec<Vec<Duration>> = vec![Vec::new(); 3];
+    let mut first = [0u8; 8];
+    for _ in 0..rounds {
+        for (i, &(_, prefetch, write)) in variants.iter().enumerate() {
+            touches[i].push(first_touch(packed, &working_set, prefetch, write));
+        }
+        let cases =
+            [(packed, Prefetch::Off), (unpacked, Prefetch::Off), (packed, Prefetch::Read), (unpacked, Prefetch::Read)];
+        for (i, (snapshot, prefetch)) in cases.into_iter().enumerate() {
+            let mut target = space(bytes);
+            let t = Instant::now();
+            target.restore_with(snapshot, "0", &mut (), RestoreOptions { prefetch }).expect("restore");
+            target.read(0, &mut first).expect("read");
+            alone[i].push(t.elapsed());
+        }
+        let mut target = space(bytes);
+        let t = Instant::now();
+        target.restore_layout(bytes, Some(&image)).expect("layout");
+        target.read(0, &mut first).expect("read");
+        alone[4].push(t.elapsed());
+        drop(target);
+        let cases =
+            [(2, "ws-packed", Prefetch::Off), (2, "ws-packed", Prefetch::Read), (3, "ws-unpacked", Prefetch::Read)];
+        for (i, (index, name, prefetch)) in cases.into_iter().enumerate() {
+            evict(&dir.join(name));
+            let f = first_touch(&snapshots[index], &working_set, prefetch, false);
+            cold[i].push(f.restore + f.touch);
+        }
+    }
+    let (packed_runs, unpacked_runs) = (runs(packed), runs(unpacked));
+    drop(snapshots);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let med = |v: &[FirstTouch], f: fn(&FirstTouch) -> Duration| median(v.iter().map(f).collect());
+    let med_count = |v: &[FirstTouch], f: fn(&FirstTouch) -> u64| {
+        let mut c: Vec<u64> = v.iter().map(f).collect();
+        c.sort_unstable();
+        c[c.len() / 2]
+    };
+    println!(
+        "\nsnapshot working set (64 MiB memory, {set_pages}-page working set: 1536 data pages in 48 stretches, \
+         512 zero pages; medians of {rounds} rounds; restore into a fresh memory, then one touch per page, \
+         the \"first call\"; minor faults of this thread):"
+    );
+    println!("  {:<24} {:>10} {:>8} {:>12} {:>8} {:>10}", "", "restore", "faults", "first touch", "faults", "in all");
+    let mut touch_faults = Vec::new();
+    let mut total = Vec::new();
+    for (i, (name, _, _)) in variants.iter().enumerate() {
+        let v = &touches[i];
+        let (restore, touch) = (med(v, |f| f.restore), med(v, |f| f.touch));
+        let (rf, tf) = (med_count(v, |f| f.restore_faults), med_count(v, |f| f.touch_faults));
+        let all = med(v, |f| f.restore + f.touch);
+        println!("  {name:<24} {restore:>10.2?} {rf:>8} {touch:>12.2?} {tf:>8} {all:>10.2?}");
+        touch_faults.push(tf);
+        total.push(all);
+    }
+    let fewer = |with: u64, without: u64| 100.0 * (1.0 - with as f64 / without.max(1) as f64);
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let (read_fewer, write_fewer) = (fewer(touch_faults[1], touch_faults[0]), fewer(touch_faults[4], touch_faults[2]));
+    let verdict = |x: f64| if x >= 90.0 { "met" } else { "MISSED" };
+    println!(
+        "  first touch, Prefetch::Read: {read_fewer:.1}% fewer faults on reads (target >= 90%: {}), {:.1}% on writes \
+         (a first write still copies); Prefetch::Write: {write_fewer:.1}% fewer on writes (target >= 90%: {})",
+        verdict(read_fewer),
+        fewer(touch_faults[3], touch_faults[2]),
+        verdict(write_fewer)
+    );
+    println!(
+        "  restore + first touch, in all, no prefetch / prefetched: reads {:.2}x, writes {:.2}x (Prefetch::Read) \
+         and {:.2}x (Prefetch::Write)",
+        ratio(total[0], total[1]),
+        ratio(total[2], total[3]),
+        ratio(total[2], total[4])
+    );
+    let alone: Vec<Duration> = alone.into_iter().map(median).collect();
+    println!(
+        "  restore alone (then read the first page): packed ({} runs) lazy {:?}, prefetched {:?}; unpacked ({} runs) \
+         lazy {:?}, prefetched {:?}; 64 MiB image layout {:?}: packed lazy / layout {:.2}x, prefetched / layout \
+         {:.2}x, unpacked lazy / layout {:.2}x",
+        packed_runs,
+        alone[0],
+        alone[2],
+        unpacked_runs,
+        alone[1],
+        alone[3],
+        alone[4],
+        ratio(alone[0], alone[4]),
+        ratio(alone[2], alone[4]),
+        ratio(alone[1], alone[4])
+    );
+    let cold: Vec<Duration> = cold.into_iter().map(median).collect();
+    println!(
+        "  cold file (evicted from the page cache, mapped with map_file), restore + first read: packed without \
+         prefetch {:?}, packed prefetched {:?}, unpacked prefetched {:?}: packing {:.2}x, prefetch {:.2}x",
+        cold[0],
+        cold[1],
+        cold[2],
+        ratio(cold[2], cold[1]),
+        ratio(cold[0], cold[1])
+    );
+}
+
+/// Whether to run the part called `part`: yes, unless the first argument
+/// that is not a flag names something else (see the module's docs).
+fn wants(part: &str) -> bool {
+    std::env::args().skip(1).find(|a| !a.starts_with('-')).is_none_or(|filter| part.contains(filter.as_str()))
+}
+
 fn bench(c: &mut Criterion) {
-    capture_ratios();
-    restore_ratios();
-    let mut chain = Chain::new(GIB);
-    c.bench_function("snapshot/incremental capture, 7 dirty pages of 1 GiB, in memory", |b| {
-        b.iter(|| {
-            chain.dirty(7);
-            chain.capture(SnapshotWriter::in_memory().expect("writer"))
-        })
-    });
+    if wants("snapshot/capture") {
+        capture_ratios();
+    }
+    if wants("snapshot/restore") {
+        restore_ratios();
+    }
+    if wants("snapshot/working set") {
+        working_set_ratios();
+    }
+    let name = "snapshot/incremental capture, 7 dirty pages of 1 GiB, in memory";
+    if wants(name) {
+        let mut chain = Chain::new(GIB);
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                chain.dirty(7);
+                chain.capture(SnapshotWriter::in_memory().expect("writer"))
+            })
+        });
+    }
 }
 
 criterion_group! {

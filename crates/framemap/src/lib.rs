@@ -42,7 +42,9 @@ pub use frame::{BackingId, Frame, FrameKind, FrameTag, PerTag, PerTagIter, Prote
 pub use image::Image;
 pub use page::{PageRange, host_page_size};
 pub use reservation::Reservation;
-pub use space::{Checkpoint, GUARD_SHARE, LinearSpace, ResetPolicy, ResetReport, SpaceConfig};
+pub use space::{
+    Checkpoint, GUARD_SHARE, LinearSpace, Prefetch, PrefetchReport, ResetPolicy, ResetReport, SpaceConfig,
+};
 pub use summary::{SpaceSummary, human_bytes};
 pub use table::FrameTable;
 

@@ -11,8 +11,8 @@ mod common;
 
 use common::{host, page, shared_space};
 use framemap::fault_injection::{disarm, fail_nth, fired};
-use framemap::snapshot::{Digest, Resolver, Snapshot, SnapshotWriter};
-use framemap::{BufferGrant, Image, LinearSpace, PageRange, Protection, ResetPolicy, SharedBuffer};
+use framemap::snapshot::{Digest, Resolver, RestoreOptions, Snapshot, SnapshotWriter};
+use framemap::{BufferGrant, Image, LinearSpace, PageRange, Prefetch, Protection, ResetPolicy, SharedBuffer};
 use std::sync::{Arc, Mutex};
 
 struct Fixture {
@@ -23,6 +23,8 @@ struct Fixture {
     grants: Vec<BufferGrant>,
     /// The space as the fixture made it.
     snapshot: Snapshot,
+    /// The same, with a working set over every kind of run.
+    with_working_set: Snapshot,
 }
 
 impl Fixture {
@@ -76,7 +78,11 @@ fn fixture() -> Fixture {
     let mut writer = SnapshotWriter::in_memory().unwrap();
     writer.capture("0", &mut space.lock().unwrap(), &names).unwrap();
     let snapshot = writer.finish_in_memory().unwrap();
-    Fixture { space, image, sealed, unsealed, grants, snapshot }
+    let mut writer = SnapshotWriter::in_memory().unwrap();
+    let working_set = [PageRange::new(0, 4), PageRange::new(10, 26)];
+    writer.capture_with_working_set("0", &mut space.lock().unwrap(), &names, &working_set).unwrap();
+    let with_working_set = writer.finish_in_memory().unwrap();
+    Fixture { space, image, sealed, unsealed, grants, snapshot, with_working_set }
 }
 
 fn tempfile() -> std::fs::File {
@@ -132,6 +138,23 @@ fn ops() -> Vec<(&'static str, Op)> {
             f.space.lock().unwrap().restore(&f.snapshot, "0", &mut resolver)
         }),
         ("populate", |f| f.space.lock().unwrap().populate(&[PageRange::new(0, 8), PageRange::new(24, 30)]).map(drop)),
+        ("restore prefetching a working set", |f| {
+            let mut resolver = f;
+            let report = f.space.lock().unwrap().restore_with(
+                &f.with_working_set,
+                "0",
+                &mut resolver,
+                RestoreOptions::default(),
+            )?;
+            // A failed prefetch is reported, never the restore's failure.
+            assert!(report.error.is_some() || report.complete(), "{report:?}");
+            Ok(())
+        }),
+        ("prefetch for writing", |f| {
+            let report = f.space.lock().unwrap().prefetch(&[PageRange::new(0, 32)], Prefetch::Write);
+            report.error.map_or(Ok(()), Err)
+        }),
+        ("touched_pages", |f| f.space.lock().unwrap().touched_pages().map(drop)),
     ]
 }
 

@@ -10,6 +10,11 @@
 //! Time is proportional to the pages stored, never to the memory's size
 //! (where the kernel tracks writes).
 //!
+//! [`SnapshotWriter::capture_with_working_set`] also records a working set
+//! and packs it: the pages to store are collected in page order, then
+//! written to the data section working-set pages first, so only the data
+//! page numbers of the runs differ from a plain capture's.
+//!
 //! Invariant: the file at the target path is either the old one or the
 //! complete new one: data and manifest go to a temporary file in the same
 //! directory, which is synced ([`Durability::Synced`]) and renamed over the
@@ -24,7 +29,7 @@ use super::format::{
 use crate::buffer::SharedBuffer;
 use crate::error::{Error, Result};
 use crate::frame::{FrameKind, Protection};
-use crate::page::PageRange;
+use crate::page::{PageRange, insert_range};
 use crate::space::LinearSpace;
 use crate::sys::memfd;
 use rustix::fd::OwnedFd;
@@ -150,7 +155,38 @@ impl SnapshotWriter {
     /// if `name` is taken, a window's buffer has no name, or (incremental)
     /// the memory was not captured into the parent at its latest checkpoint.
     pub fn capture(&mut self, name: &str, space: &mut LinearSpace, names: BufferNamer<'_>) -> Result<()> {
-        self.capture_scoped(name, space, names, Scope::Changed)
+        self.capture_scoped(name, space, names, Scope::Changed, &[])
+    }
+
+    /// Captures `space` as memory `name`, as [`SnapshotWriter::capture`]
+    /// does, with `working_set` (ranges of its pages, in any order; e.g.
+    /// what [`LinearSpace::touched_pages`] found after an earlier restore's
+    /// first calls) recorded as its working set, which a restore prefetches
+    /// ([`RestoreOptions`](super::RestoreOptions)).
+    ///
+    /// The file packs it: the data pages of this capture that lie in the
+    /// working set are written first, one after another in page order, then
+    /// the others, so the working set reads as one stretch of the file
+    /// (read-ahead, and a cold file brought in with few large reads). The
+    /// manifest's runs stay in page order; only their data page numbers
+    /// change. The price: a stretch of the working set inside a run of data
+    /// pages splits that run (each run is a mapping at restore). Pages of
+    /// the working set that are not stored by content here (clean image
+    /// pages, zero pages, a parent's pages) are prefetched where they live.
+    ///
+    /// Refused, with nothing written and the space unchanged, as `capture`
+    /// is, and if a range reaches past the memory's pages
+    /// ([`Error::OutOfBounds`]).
+    pub fn capture_with_working_set(
+        &mut self,
+        name: &str,
+        space: &mut LinearSpace,
+        names: BufferNamer<'_>,
+        working_set: &[PageRange],
+    ) -> Result<()> {
+        let set = self.checked_working_set(working_set, space.accessible_pages().end)?;
+        self.capture_scoped(name, space, names, Scope::Changed, &set)?;
+        self.record_working_set(name, &set)
     }
 
     /// Captures `space` as memory `name` with every accessible `Zero` and
@@ -158,7 +194,7 @@ impl SnapshotWriter {
     /// making no use of a parent): the way to write a self-contained file,
     /// and what an incremental capture is measured against.
     pub fn capture_all_pages(&mut self, name: &str, space: &mut LinearSpace, names: BufferNamer<'_>) -> Result<()> {
-        self.capture_scoped(name, space, names, Scope::AllPages)
+        self.capture_scoped(name, space, names, Scope::AllPages, &[])
     }
 
     fn capture_scoped(
@@ -167,6 +203,7 @@ impl SnapshotWriter {
         space: &mut LinearSpace,
         names: BufferNamer<'_>,
         scope: Scope,
+        working_set: &[PageRange],
     ) -> Result<()> {
         self.check_name(name, self.memories.iter().any(|m| m.name == name))?;
         // Everything that can refuse is checked before the checkpoint moves.
@@ -198,16 +235,18 @@ impl SnapshotWriter {
             (Scope::Changed, true) => (scan.written, scan.remapped),
             (Scope::Changed, false) => (scan.dirty, vec![accessible]),
         };
-        let mut runs: Vec<RunRecord> = Vec::new();
+        // Runs whose source is known, and pieces to store by content.
+        let mut pieces: Vec<RunRecord> = Vec::new();
+        let mut to_store: Vec<(PageRange, Protection, PageSource)> = Vec::new();
         let table_runs: Vec<_> = space.table().runs_in(accessible).collect();
         for (run, frame) in table_runs {
             let prot = frame.prot();
             match frame.kind() {
-                FrameKind::Unmapped => push_run(&mut runs, run, prot, PageSource::Unmapped),
+                FrameKind::Unmapped => push_run(&mut pieces, run, prot, PageSource::Unmapped),
                 FrameKind::Shared { buffer, page } => {
                     let buffer_name =
                         space.buffer(buffer).and_then(names).ok_or(Error::UnnamedBuffer { id: buffer.0 })?;
-                    push_run(&mut runs, run, prot, PageSource::Shared { buffer: buffer_name, page });
+                    push_run(&mut pieces, run, prot, PageSource::Shared { buffer: buffer_name, page });
                 }
                 kind @ (FrameKind::Zero | FrameKind::Image { .. }) => {
                     // Pages of a snapshot's data (a restored memory) are not
@@ -237,25 +276,31 @@ impl SnapshotWriter {
                     // rest) whether they are fresh or the parent's.
                     for (piece, stored) in split(run, stored_here) {
                         if stored {
-                            self.store_pages(
-                                space,
-                                piece,
-                                prot,
-                                &initial.advanced(piece.start - run.start),
-                                scope == Scope::Changed,
-                                &mut runs,
-                            )?;
+                            to_store.push((piece, prot, initial.advanced(piece.start - run.start)));
                             continue;
                         }
                         for (part, is_fresh) in split(piece, &fresh) {
                             let source =
                                 if is_fresh { initial.advanced(part.start - run.start) } else { PageSource::Parent };
-                            push_run(&mut runs, part, prot, source);
+                            push_run(&mut pieces, part, prot, source);
                         }
                     }
                 }
             }
         }
+        // The working set's pages first, then the rest (the packing): data
+        // page numbers follow the order pages are stored in.
+        for in_working_set in [true, false] {
+            for (piece, prot, initial) in &to_store {
+                for (part, inside) in split(*piece, working_set) {
+                    if inside == in_working_set {
+                        let initial = initial.advanced(part.start - piece.start);
+                        self.store_pages(space, part, *prot, &initial, scope == Scope::Changed, &mut pieces)?;
+                    }
+                }
+            }
+        }
+        let runs = in_page_order(pieces);
         self.memories.push(MemoryRecord {
             name: name.into(),
             len: space.len(),
@@ -350,8 +395,35 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// `working_set` sorted and merged, checked to lie inside a memory of
+    /// `pages` pages ([`Error::OutOfBounds`] otherwise).
+    pub(crate) fn checked_working_set(&self, working_set: &[PageRange], pages: u64) -> Result<Vec<PageRange>> {
+        let mut set = Vec::new();
+        for &range in working_set {
+            if range.end <= range.start {
+                continue;
+            }
+            if range.end > pages {
+                return Err(Error::OutOfBounds {
+                    start: range.start * self.page,
+                    end: range.end * self.page,
+                    accessible: pages * self.page,
+                });
+            }
+            insert_range(&mut set, range);
+        }
+        Ok(set)
+    }
+
+    /// Records `set` (sorted, merged, checked) as the working set of memory
+    /// `name`, captured already.
+    pub(crate) fn record_working_set(&mut self, name: &str, set: &[PageRange]) -> Result<()> {
+        set.iter().try_for_each(|&range| self.add_working_set(name, range))
+    }
+
     /// Records that memory `name` (captured already) touches `pages` first:
-    /// a restore prefetches them.
+    /// a restore prefetches them. Nothing is packed: see
+    /// [`SnapshotWriter::capture_with_working_set`].
     pub fn add_working_set(&mut self, name: &str, pages: PageRange) -> Result<()> {
         let memory =
             self.memories.iter().position(|m| m.name == name).ok_or(Error::NoSuchMemory { name: name.into() })?;
@@ -481,7 +553,7 @@ impl Drop for SnapshotWriter {
 
 /// `run` cut into pieces, each with whether it lies in `set` (sorted,
 /// disjoint ranges), in order.
-fn split(run: PageRange, set: &[PageRange]) -> Vec<(PageRange, bool)> {
+pub(crate) fn split(run: PageRange, set: &[PageRange]) -> Vec<(PageRange, bool)> {
     let mut out = Vec::new();
     let mut at = run.start;
     let first = set.partition_point(|r| r.end <= run.start);
@@ -499,6 +571,17 @@ fn split(run: PageRange, set: &[PageRange]) -> Vec<(PageRange, bool)> {
         out.push((PageRange::new(at, run.end), false));
     }
     out
+}
+
+/// `pieces` (each a run, several possibly continuing one another) sorted
+/// into page order and merged where one continues the other.
+pub(crate) fn in_page_order(mut pieces: Vec<RunRecord>) -> Vec<RunRecord> {
+    pieces.sort_by_key(|r| r.pages.start);
+    let mut runs = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        push_run(&mut runs, piece.pages, piece.prot, piece.source);
+    }
+    runs
 }
 
 /// Appends a run, merged into the last one where it continues it.

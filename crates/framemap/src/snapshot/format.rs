@@ -172,6 +172,8 @@ pub struct GlobalRecord {
 }
 
 /// Pages a memory touched first after a restore: restore prefetches them.
+/// A memory's records may come in any order and overlap: its working set
+/// is their union ([`super::Snapshot::working_set`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WorkingSetRecord {
     /// Index of the memory in [`Manifest::memories`].

@@ -4,9 +4,11 @@
 //! Rooms:
 //! - `format`: the file format (header, manifest, checks), no I/O;
 //! - `capture`: [`SnapshotWriter`], which captures memories (by the frame
-//!   tag table's snapshot rules) into a new file, written atomically;
+//!   tag table's snapshot rules) into a new file, written atomically, with
+//!   their working sets' data pages packed first if given;
 //! - `restore`: resolving a snapshot chain into the sources of each page,
-//!   [`LinearSpace::restore`](crate::LinearSpace::restore), flattening;
+//!   [`LinearSpace::restore`](crate::LinearSpace::restore) (which
+//!   prefetches the working set), flattening;
 //! - this file: [`Snapshot`], an opened, checked snapshot file.
 //!
 //! The snapshot rules, one per frame tag (ARCHITECTURE.md's table):
@@ -40,10 +42,11 @@ pub use format::{
     Digest, FORMAT_VERSION, GlobalRecord, GlobalValue, MAX_NAME_LEN, Manifest, MemoryRecord, PageSource, RunRecord,
     WorkingSetRecord,
 };
-pub use restore::Resolver;
+pub use restore::{Resolver, RestoreOptions};
 
 use crate::error::{Error, Result, SnapshotDamage};
 use crate::image::Image;
+use crate::page::PageRange;
 use crate::sys::memfd;
 use format::{FormatError, HEADER_LEN, Header};
 use rustix::fd::{AsFd, OwnedFd};
@@ -200,6 +203,34 @@ impl Snapshot {
     /// The memory record named `name`.
     pub fn memory(&self, name: &str) -> Result<&MemoryRecord> {
         self.manifest().memories.iter().find(|m| m.name == name).ok_or(Error::NoSuchMemory { name: name.into() })
+    }
+
+    /// The working set recorded for memory `name`: the pages its instances
+    /// touched first, which a restore prefetches (see
+    /// [`RestoreOptions`]), as sorted, merged runs clipped to the memory.
+    /// Taken from this snapshot, or, if it records none for `name` (an
+    /// incremental capture made with plain
+    /// [`SnapshotWriter::capture`]), from the nearest attached parent that
+    /// does: the pages touched first rarely change between increments.
+    /// Empty if none does.
+    pub fn working_set(&self, name: &str) -> Result<Vec<PageRange>> {
+        let pages = self.memory(name)?.len.div_ceil(u64::from(self.inner.header.page_size));
+        let mut at = Some(self);
+        while let Some(snapshot) = at {
+            let manifest = snapshot.manifest();
+            let Some(index) = manifest.memories.iter().position(|m| m.name == name) else {
+                break;
+            };
+            let mut set = Vec::new();
+            for ws in manifest.working_set.iter().filter(|ws| ws.memory as usize == index) {
+                crate::page::insert_range(&mut set, ws.pages.intersect(PageRange::new(0, pages)));
+            }
+            if !set.is_empty() {
+                return Ok(set);
+            }
+            at = snapshot.parent();
+        }
+        Ok(Vec::new())
     }
 
     /// Reads the whole data section and checks it against the manifest's

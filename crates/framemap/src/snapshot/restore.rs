@@ -8,8 +8,17 @@
 //! needs (sizes, the images by content hash, the buffers' grants) before it
 //! changes anything, then maps each run fresh: data pages copy-on-write from
 //! the snapshot file, clean image pages from the image, windows shared.
-//! Nothing is read from the file: a page is read when the guest touches it.
+//! Nothing is read from the file at restore but the working set: the pages
+//! the memory's instances touched first, recorded in the snapshot
+//! ([`Snapshot::working_set`]), are prefetched right after the layout with
+//! one `madvise(MADV_POPULATE_READ)` per stretch
+//! ([`LinearSpace::prefetch`]), so the first call after a restore does not
+//! fault them in one by one; every other page is read when the guest
+//! touches it. Prefetching is advice: its failure never fails a restore
+//! (the memory is whole; only faults are left to pay), and
+//! [`LinearSpace::restore_with`] reports what it did.
 
+use super::capture::{in_page_order, split};
 use super::format::{Digest, PageSource, RunRecord};
 use super::{Snapshot, SnapshotWriter};
 use crate::buffer::BufferGrant;
@@ -17,7 +26,7 @@ use crate::error::{Error, Result, SnapshotDamage};
 use crate::frame::{Frame, Protection};
 use crate::image::Image;
 use crate::page::PageRange;
-use crate::space::LinearSpace;
+use crate::space::{LinearSpace, Prefetch, PrefetchReport};
 use rustc_hash::FxHashMap as HashMap;
 
 /// Supplies what a snapshot names but does not hold: the images its clean
@@ -46,6 +55,17 @@ impl Resolver for Vec<Image> {
     fn image(&mut self, hash: &Digest) -> Option<Image> {
         self.iter().find(|i| i.content_hash().is_ok_and(|h| h == *hash)).cloned()
     }
+}
+
+/// How [`LinearSpace::restore_with`] restores a memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// How the memory's recorded working set ([`Snapshot::working_set`]) is
+    /// brought in once the memory is laid out: [`Prefetch::Read`] by
+    /// default; [`Prefetch::Off`] to measure without it, or to record a
+    /// working set afresh ([`LinearSpace::touched_pages`] counts prefetched
+    /// pages as touched).
+    pub prefetch: Prefetch,
 }
 
 /// Where the pages of a resolved run come from.
@@ -158,8 +178,30 @@ impl LinearSpace {
     /// snapshot or a parent is missing or wrong, the memory is too small,
     /// or an image or buffer cannot be had. Starts a new life: earlier
     /// checkpoints end.
+    ///
+    /// Then prefetches the memory's recorded working set
+    /// ([`Snapshot::working_set`]) with [`Prefetch::Read`]. `Ok` means the
+    /// memory is restored; whether the prefetch succeeded is not part of
+    /// it (a failed prefetch only leaves page faults to pay):
+    /// [`LinearSpace::restore_with`] reports it, and can turn it off.
     pub fn restore(&mut self, snapshot: &Snapshot, name: &str, resolver: &mut dyn Resolver) -> Result<()> {
+        self.restore_with(snapshot, name, resolver, RestoreOptions::default()).map(drop)
+    }
+
+    /// [`LinearSpace::restore`] with `options`: returns what the prefetch
+    /// of the working set did (an empty report if the snapshot records no
+    /// working set for the memory, or `options.prefetch` is
+    /// [`Prefetch::Off`]). A prefetch failure is in the report
+    /// ([`PrefetchReport::error`]), never an error of the restore.
+    pub fn restore_with(
+        &mut self,
+        snapshot: &Snapshot,
+        name: &str,
+        resolver: &mut dyn Resolver,
+        options: RestoreOptions,
+    ) -> Result<PrefetchReport> {
         let (len, runs) = resolve(snapshot, name)?;
+        let working_set = snapshot.working_set(name)?;
         if len > self.capacity() {
             return Err(Error::CapacityExceeded { requested: len, capacity: self.capacity() });
         }
@@ -224,9 +266,11 @@ impl LinearSpace {
         self.forget_unused_backings();
         applied?;
         // Nothing is written yet: the memory is the snapshot, and an
-        // incremental capture against it starts here.
+        // incremental capture against it starts here (a write-prefetch
+        // below makes its pages written: they are captured again, which
+        // costs space, never correctness).
         self.adopt_checkpoint(snapshot.memory(name)?.checkpoint);
-        Ok(())
+        Ok(self.prefetch(&working_set, options.prefetch))
     }
 }
 
@@ -234,12 +278,52 @@ impl SnapshotWriter {
     /// Copies every memory, global and working set of `snapshot` (its
     /// attached parents included) into this writer with no `Parent` pages:
     /// the flattened chain, which restores to the same memories without
-    /// the parents. The writer must have no parent and nothing captured.
+    /// the parents. Each memory's working set is the one
+    /// [`Snapshot::working_set`] gives (a parent's, where the snapshot
+    /// records none), and is packed as
+    /// [`SnapshotWriter::capture_with_working_set`] packs it: its data
+    /// pages first, contiguous, then the memory's other data pages. The
+    /// writer must have no parent and nothing captured.
     pub fn add_flattened(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.add_flattened_with_working_sets(snapshot, &[])
+    }
+
+    /// [`SnapshotWriter::add_flattened`], with the working set of each
+    /// memory named in `working_sets` replaced by the ranges given with it
+    /// (any order; e.g. what [`LinearSpace::touched_pages`] found after a
+    /// restore of `snapshot` with [`Prefetch::Off`] and the first calls),
+    /// and packed: the way to add a working set to a snapshot already
+    /// written. Refused, before anything is written, if a name is not a
+    /// memory of the snapshot ([`Error::NoSuchMemory`]) or a range reaches
+    /// past its pages ([`Error::OutOfBounds`]).
+    pub fn add_flattened_with_working_sets(
+        &mut self,
+        snapshot: &Snapshot,
+        working_sets: &[(&str, &[PageRange])],
+    ) -> Result<()> {
         snapshot.check_chain()?;
+        let page = crate::host_page_size() as u64;
+        for &(name, _) in working_sets {
+            snapshot.memory(name)?;
+        }
+        let mut sets: Vec<Vec<PageRange>> = Vec::with_capacity(snapshot.manifest().memories.len());
         for record in &snapshot.manifest().memories {
+            let given: Vec<PageRange> = working_sets
+                .iter()
+                .filter(|(name, _)| *name == record.name)
+                .flat_map(|(_, ranges)| ranges.iter().copied())
+                .collect();
+            let set = if working_sets.iter().any(|(name, _)| *name == record.name) {
+                self.checked_working_set(&given, record.len.div_ceil(page))?
+            } else {
+                snapshot.working_set(&record.name)?
+            };
+            sets.push(set);
+        }
+        for (record, set) in snapshot.manifest().memories.iter().zip(&sets) {
             let (len, runs) = resolve(snapshot, &record.name)?;
-            let mut out: Vec<RunRecord> = Vec::with_capacity(runs.len());
+            let mut pieces: Vec<RunRecord> = Vec::with_capacity(runs.len());
+            let mut data = Vec::new();
             for run in runs {
                 let source = match run.source {
                     Resolved::Unmapped => PageSource::Unmapped,
@@ -247,20 +331,28 @@ impl SnapshotWriter {
                     Resolved::Image { hash, page } => PageSource::Image { image: hash, page },
                     Resolved::Shared { name, page } => PageSource::Shared { buffer: name, page },
                     Resolved::Data { snapshot: from, page } => {
-                        let first = self.copy_data_pages(from, page, run.pages.len())?;
-                        PageSource::Data { page: first }
+                        data.push((run.pages, run.prot, from, page));
+                        continue;
                     }
                 };
-                out.push(RunRecord { pages: run.pages, prot: run.prot, source });
+                pieces.push(RunRecord { pages: run.pages, prot: run.prot, source });
             }
-            self.add_memory_record(record.name.clone(), len, record.checkpoint, out)?;
+            // The working set's data pages first (the packing), then the rest.
+            for in_working_set in [true, false] {
+                for &(pages, prot, from, first) in &data {
+                    for (part, inside) in split(pages, set) {
+                        if inside == in_working_set {
+                            let page = self.copy_data_pages(from, first + (part.start - pages.start), part.len())?;
+                            pieces.push(RunRecord { pages: part, prot, source: PageSource::Data { page } });
+                        }
+                    }
+                }
+            }
+            self.add_memory_record(record.name.clone(), len, record.checkpoint, in_page_order(pieces))?;
+            self.record_working_set(&record.name, set)?;
         }
         for global in &snapshot.manifest().globals {
             self.add_global(&global.name, global.value)?;
-        }
-        for ws in &snapshot.manifest().working_set {
-            let name = snapshot.manifest().memories[ws.memory as usize].name.clone();
-            self.add_working_set(&name, ws.pages)?;
         }
         Ok(())
     }

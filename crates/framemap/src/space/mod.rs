@@ -18,7 +18,10 @@
 //! - `layout`: laying a memory out from a list of frames (snapshot
 //!   restore), through `commit` (1, 4, 5, 7);
 //! - `access`: host reads and writes (6);
-//! - `inspect`: validation against the kernel, summary, residency (1, 6, 7).
+//! - `inspect`: validation against the kernel, summary, residency (1, 6, 7);
+//! - `prefetch`: the working set: pages used since a layout
+//!   (`touched_pages`), and bringing recorded ones in (`prefetch`),
+//!   contents and page-table entries only (1).
 //!
 //! Invariants:
 //! 1. The frame table equals the kernel's mappings of the reservation. Every
@@ -27,8 +30,8 @@
 //!    the run budget must not stop the change (revocation, and `reconcile`
 //!    itself); `apply` makes the kernel call and updates the table to what
 //!    the kernel then has (invariant 8 for failures). Nothing else touches
-//!    mappings (resets and write tracking change contents and
-//!    write-protection bits only).
+//!    mappings (resets, write tracking and prefetching change contents,
+//!    page-table entries and write-protection bits only).
 //! 2. A frame is replaced by one `mmap(MAP_FIXED)` (or changed in place by one
 //!    `mprotect`), never unmapped first: a concurrent guest thread sees the old
 //!    page or the new one, never a hole.
@@ -88,11 +91,13 @@ mod commit;
 mod inspect;
 mod layout;
 mod mapping;
+mod prefetch;
 mod reset;
 mod tracking;
 
 pub use checkpoint::Checkpoint;
 pub use commit::GUARD_SHARE;
+pub use prefetch::{Prefetch, PrefetchReport};
 pub use reset::{ResetPolicy, ResetReport};
 
 use crate::buffer::{SharedBuffer, WindowOwner};

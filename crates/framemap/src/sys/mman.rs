@@ -1,4 +1,5 @@
-//! Address-space calls: reserve, replace, protect, discard and release ranges.
+//! Address-space calls: reserve, replace, protect, discard, populate,
+//! prefetch and release ranges.
 //!
 //! Every function takes a raw address range. The caller guarantees that the
 //! range lies inside a reservation it owns (so no other Rust object lives
@@ -10,6 +11,7 @@ use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
 use std::ffi::c_void;
 use std::io;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn prot_flags(prot: Protection) -> ProtFlags {
     match prot {
@@ -190,6 +192,75 @@ pub(crate) unsafe fn populate_write(addr: *mut u8, len: usize) -> io::Result<()>
     // populating changes no byte's value.
     unsafe { mm::madvise(addr.cast::<c_void>(), len, Advice::LinuxPopulateWrite) }?;
     Ok(())
+}
+
+/// Faults `[addr, addr + len)` in for reading in one call
+/// (`MADV_POPULATE_READ`, Linux 5.14+): every page gets its page-table
+/// entry as if it had been read: private file pages map the file's page
+/// (no copy), anonymous pages the shared zero page, so a guest reading
+/// them takes no page fault. A later write still takes one (copy-on-write).
+/// `EINVAL` where the kernel lacks it.
+///
+/// # Safety
+/// As [`replace_with_zero`]; the range must be mapped readable.
+pub(crate) unsafe fn populate_read(addr: *mut u8, len: usize) -> io::Result<()> {
+    super::inject::check()?;
+    // SAFETY: the caller owns the readable range (function contract);
+    // populating for reading changes no byte and no mapping.
+    unsafe { mm::madvise(addr.cast::<c_void>(), len, Advice::LinuxPopulateRead) }?;
+    Ok(())
+}
+
+/// Tells the kernel `[addr, addr + len)` will be needed soon
+/// (`MADV_WILLNEED`): file pages are read ahead into the page cache (and
+/// swapped-out anonymous pages read back), but no page-table entry is made,
+/// so each page still costs a (minor) fault on first access.
+///
+/// # Safety
+/// As [`replace_with_zero`].
+pub(crate) unsafe fn will_need(addr: *mut u8, len: usize) -> io::Result<()> {
+    super::inject::check()?;
+    // SAFETY: the caller owns the range (function contract); the advice
+    // changes no byte and no mapping.
+    unsafe { mm::madvise(addr.cast::<c_void>(), len, Advice::WillNeed) }?;
+    Ok(())
+}
+
+/// How [`prefetch_read`] brought a range in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prefetched {
+    /// `MADV_POPULATE_READ`: every page is mapped.
+    Populated,
+    /// `MADV_WILLNEED` only (the kernel lacks `MADV_POPULATE_READ`): read
+    /// ahead, not mapped.
+    Advised,
+}
+
+/// Set once a `MADV_POPULATE_READ` failed with `EINVAL`: the kernel lacks it
+/// (before 5.14; framemap never maps `VM_PFNMAP` or `VM_IO` ranges, the
+/// other cause).
+static POPULATE_READ_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Prefetches `[addr, addr + len)` for reading: [`populate_read`], or
+/// [`will_need`] where the kernel turned out not to support it (detected at
+/// run time, on the first `EINVAL`, and remembered for the process).
+///
+/// # Safety
+/// As [`populate_read`].
+pub(crate) unsafe fn prefetch_read(addr: *mut u8, len: usize) -> io::Result<Prefetched> {
+    if !POPULATE_READ_UNSUPPORTED.load(Ordering::Relaxed) {
+        // SAFETY: the function contract.
+        match unsafe { populate_read(addr, len) } {
+            Ok(()) => return Ok(Prefetched::Populated),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                POPULATE_READ_UNSUPPORTED.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: the function contract.
+    unsafe { will_need(addr, len) }?;
+    Ok(Prefetched::Advised)
 }
 
 /// Releases `[addr, addr + len)` back to the kernel.

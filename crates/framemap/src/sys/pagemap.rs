@@ -40,6 +40,11 @@ pub(crate) enum Query {
     Dirty,
     /// Pages that occupy memory: present and not the shared zero page.
     Resident,
+    /// Pages that have a page-table entry: present (the shared zero page
+    /// included) or swapped out. After a fresh mapping, the pages used since
+    /// (read or written), plus the file pages the kernel mapped around a
+    /// faulting one ("fault-around", up to 64 KiB by default).
+    Populated,
 }
 
 impl Query {
@@ -49,6 +54,7 @@ impl Query {
         match self {
             Query::Dirty => (WRITTEN | PFNZERO | FILE, PFNZERO | FILE, PRESENT | SWAPPED),
             Query::Resident => (PRESENT | PFNZERO, PFNZERO, 0),
+            Query::Populated => (0, 0, PRESENT | SWAPPED),
         }
     }
 }
@@ -242,13 +248,16 @@ fn walk(start: usize, end: usize, query: Query, flags: u64, mut visit: impl FnMu
     })
 }
 
-/// Counts the resident pages of `[start, end)` the slow way, one pagemap
-/// entry per page (bit 63: present), for kernels without `PAGEMAP_SCAN`.
-/// The shared zero page is counted too: the entry does not tell it apart
-/// without privileges.
-pub(crate) fn count_present_by_entries(start: usize, end: usize) -> io::Result<u64> {
+/// Pagemap entry bit: the page is present.
+const ENTRY_PRESENT: u64 = 1 << 63;
+/// Pagemap entry bit: the page is swapped out.
+const ENTRY_SWAPPED: u64 = 1 << 62;
+
+/// Reads the pagemap entry of every page of `[start, end)` (page aligned),
+/// 512 per read, and hands each to `visit(page_address, entry)`.
+fn entries(start: usize, end: usize, mut visit: impl FnMut(usize, u64)) -> io::Result<()> {
+    super::inject::check()?;
     let page = super::mman::page_size();
-    let mut count = 0u64;
     let mut buf = vec![0u8; 8 * 512];
     let mut addr = start;
     with_pagemap(|file| {
@@ -256,16 +265,49 @@ pub(crate) fn count_present_by_entries(start: usize, end: usize) -> io::Result<u
             let pages = ((end - addr) / page).min(512);
             let bytes = &mut buf[..pages * 8];
             file.read_exact_at(bytes, (addr / page * 8) as u64)?;
-            for entry in bytes.chunks_exact(8) {
-                let entry = u64::from_le_bytes(entry.try_into().unwrap_or_default());
-                if entry & (1 << 63) != 0 {
-                    count += 1;
-                }
+            for (i, entry) in bytes.chunks_exact(8).enumerate() {
+                visit(addr + i * page, u64::from_le_bytes(entry.try_into().unwrap_or_default()));
             }
             addr += pages * page;
         }
-        Ok(count)
+        Ok(())
     })
+}
+
+/// Counts the resident pages of `[start, end)` the slow way, one pagemap
+/// entry per page (bit 63: present), for kernels without `PAGEMAP_SCAN`.
+/// The shared zero page is counted too: the entry does not tell it apart
+/// without privileges.
+pub(crate) fn count_present_by_entries(start: usize, end: usize) -> io::Result<u64> {
+    let mut count = 0u64;
+    entries(start, end, |_, entry| count += u64::from(entry & ENTRY_PRESENT != 0))?;
+    Ok(count)
+}
+
+/// Reports the runs of [`Query::Populated`] pages of `[start, end)` the slow
+/// way, one pagemap entry per page (present or swapped), for kernels
+/// without `PAGEMAP_SCAN`: the same pages [`scan`] reports (the entry bits
+/// need no privileges for this query), in time proportional to the range.
+pub(crate) fn populated_by_entries(start: usize, end: usize, mut visit: impl FnMut(usize, usize)) -> io::Result<()> {
+    let page = super::mman::page_size();
+    let mut run: Option<(usize, usize)> = None;
+    entries(start, end, |addr, entry| {
+        if entry & (ENTRY_PRESENT | ENTRY_SWAPPED) == 0 {
+            return;
+        }
+        match &mut run {
+            Some((_, e)) if *e == addr => *e = addr + page,
+            _ => {
+                if let Some((s, e)) = run.replace((addr, addr + page)) {
+                    visit(s, e);
+                }
+            }
+        }
+    })?;
+    if let Some((s, e)) = run {
+        visit(s, e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -291,6 +333,17 @@ mod tests {
             let mut dirty = 0;
             scan(start, end, Query::Dirty, |s, e| dirty += (e - s) / page).unwrap();
             assert_eq!(dirty, 4);
+        }
+        // A page only read maps the shared zero page: populated, not resident.
+        // SAFETY: page 7 is inside the read-write range above.
+        let _ = unsafe { base.add(7 * page).read_volatile() };
+        let mut slow = Vec::new();
+        populated_by_entries(start, end, |s, e| slow.push(((s - start) / page, (e - start) / page))).unwrap();
+        assert_eq!(slow, vec![(0, 1), (3, 5), (7, 8), (15, 16)]);
+        if scan_supported() {
+            let mut fast = Vec::new();
+            scan(start, end, Query::Populated, |s, e| fast.push(((s - start) / page, (e - start) / page))).unwrap();
+            assert_eq!(fast, slow);
         }
         // SAFETY: the test owns the range and is done with it.
         unsafe { crate::sys::mman::release(base, 16 * page).unwrap() };
