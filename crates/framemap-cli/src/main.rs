@@ -5,6 +5,7 @@
 //! [`EXIT_ERROR`], never as a panic or backtrace.
 
 mod bench;
+mod inspect;
 mod run;
 
 use std::io::Write as _;
@@ -33,6 +34,9 @@ enum Command {
     /// Benchmark framemap against wasmtime's allocators (instantiation,
     /// footprint, guest speed) on a built-in workload or on --module.
     Bench(bench::BenchArgs),
+    /// Show what a snapshot file holds (memories, pages per source, parent,
+    /// working set, globals) and whether its data matches its checksum.
+    Inspect(inspect::InspectArgs),
 }
 
 impl Command {
@@ -41,6 +45,7 @@ impl Command {
         match self {
             Command::Run(args) => run::run(args),
             Command::Bench(args) => bench::bench(args),
+            Command::Inspect(args) => inspect::inspect(args),
         }
     }
 }

@@ -5,6 +5,16 @@
 //! linear memory it defines is created by a [`FrameMemoryCreator`]. The guest
 //! gets the host's stdio, the `--env` variables, the `--dir` preopens and the
 //! arguments `[MODULE, ARGS...]`; its exit status becomes ours.
+//!
+//! Snapshots (`--snapshot-out`, `--init`, `--restore`) run the module as a
+//! [`PreparedModule::with_snapshots`]: `--init EXPORT --snapshot-out FILE`
+//! calls EXPORT and writes the instance's state (every memory and mutable
+//! global) to FILE, Wizer-style, without running `_start`;
+//! `--snapshot-out FILE` alone writes it when the guest exits normally;
+//! `--restore FILE` starts from FILE's state instead of a fresh instance
+//! (no start function, no data segments) and runs `_start`. WASI state
+//! (open files, preopens) is not part of a snapshot: a restored guest gets
+//! this run's.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,8 +22,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use framemap_wasmtime::FrameMemoryCreator;
-use wasmtime::{Config, Engine, ExternType, Linker, Module, Store, Trap, WasmBacktrace};
+use framemap::snapshot::{Durability, Snapshot, SnapshotWriter};
+use framemap_wasmtime::{FrameMemoryCreator, PreparedModule};
+use wasmtime::{Config, Engine, ExternType, Instance, Linker, Module, Store, Trap, WasmBacktrace};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
@@ -33,6 +44,23 @@ pub struct RunArgs {
     /// At exit, print a frame report for every live framemap memory to stderr.
     #[arg(long)]
     pub stats: bool,
+
+    /// Write a snapshot of the instance (every memory and mutable global)
+    /// to FILE: right after `--init EXPORT` if given, else when the guest
+    /// exits normally. Written atomically and synced.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot_out: Option<PathBuf>,
+
+    /// Call EXPORT (no parameters, no results) instead of `_start`, then
+    /// write the snapshot (Wizer-style initialisation). Needs
+    /// `--snapshot-out`.
+    #[arg(long, value_name = "EXPORT", requires = "snapshot_out")]
+    pub init: Option<String>,
+
+    /// Start from the snapshot in FILE (written by `--snapshot-out` for the
+    /// same module) instead of a fresh instance, then run `_start`.
+    #[arg(long, value_name = "FILE", conflicts_with = "init")]
+    pub restore: Option<PathBuf>,
 
     /// The WASI command module to run (`.wasm` binary or `.wat` text),
     /// followed by the arguments passed to the guest after its own name.
@@ -86,15 +114,28 @@ pub fn run(args: RunArgs) -> Result<u8> {
     framemap_wasmtime::configure(&mut config, Arc::clone(&creator));
     let engine = Engine::new(&config).map_err(anyhow::Error::from).context("failed to create the wasmtime engine")?;
 
-    let module = load_module(&engine, args.module())?;
-    check_command(&module, &args)?;
+    let snapshots = args.snapshot_out.is_some() || args.restore.is_some();
+    let prepared = match snapshots {
+        true => Some(load_prepared(&creator, &engine, args.module())?),
+        false => None,
+    };
+    let module = match &prepared {
+        Some(prepared) => prepared.module().clone(),
+        None => load_module(&engine, args.module())?,
+    };
+    if args.init.is_none() {
+        check_command(&module, &args)?;
+    }
 
     let wasi = build_wasi(&args)?;
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
     p1::add_to_linker_sync(&mut linker, |ctx| ctx)?;
 
     let mut store = Store::new(&engine, wasi);
-    let outcome = execute(&mut store, &linker, &module);
+    let outcome = match &prepared {
+        Some(prepared) => execute_with_snapshots(&mut store, &linker, prepared, &args),
+        None => execute(&mut store, &linker, &module),
+    };
     if args.stats {
         // Memories belong to the store: report while it is still alive.
         print_stats(&creator);
@@ -111,6 +152,75 @@ fn load_module(engine: &Engine, path: &Path) -> Result<Module> {
         let shown = path.display().to_string();
         if format!("{err:#}").contains(&shown) { err } else { err.context(format!("failed to load `{shown}`")) }
     })
+}
+
+/// Reads and prepares the module at `path` for snapshots.
+fn load_prepared(creator: &Arc<FrameMemoryCreator>, engine: &Engine, path: &Path) -> Result<PreparedModule> {
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
+    PreparedModule::with_snapshots(creator, engine, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("failed to load `{}`", path.display()))
+}
+
+/// Runs the module with snapshots: from `--restore`'s snapshot or fresh,
+/// then `--init`'s export or `_start`, then writes `--snapshot-out`'s.
+fn execute_with_snapshots(
+    store: &mut Store<WasiP1Ctx>,
+    linker: &Linker<WasiP1Ctx>,
+    prepared: &PreparedModule,
+    args: &RunArgs,
+) -> Result<u8> {
+    let instance = match &args.restore {
+        Some(file) => {
+            let snapshot =
+                Snapshot::open(file).with_context(|| format!("cannot read the snapshot `{}`", file.display()))?;
+            prepared
+                .instantiate_snapshot_with(linker, &mut *store, &snapshot)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot restore `{}`", file.display()))?
+        }
+        None => prepared
+            .instantiate_with(linker, &mut *store)
+            .map_err(anyhow::Error::from)
+            .context("failed to instantiate the module")?,
+    };
+    let entry = args.init.as_deref().unwrap_or("_start");
+    let func = instance
+        .get_typed_func::<(), ()>(&mut *store, entry)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("bad `{entry}` export (it must take and return nothing)"))?;
+    let code = match func.call(&mut *store, ()) {
+        Ok(()) => 0,
+        Err(err) => guest_failure(err)?,
+    };
+    if let Some(file) = &args.snapshot_out {
+        if code != 0 {
+            bail!("guest exited with status {code}: no snapshot written");
+        }
+        write_snapshot(store, prepared, &instance, file)?;
+    }
+    Ok(code)
+}
+
+/// Captures `instance` into the snapshot file `file`.
+fn write_snapshot(
+    store: &mut Store<WasiP1Ctx>,
+    prepared: &PreparedModule,
+    instance: &Instance,
+    file: &Path,
+) -> Result<()> {
+    let context = || format!("cannot write the snapshot `{}`", file.display());
+    let mut writer = SnapshotWriter::to_path(file, Durability::Synced).with_context(context)?;
+    prepared.capture(&mut *store, instance, &mut writer).with_context(context)?;
+    let info = writer.finish().with_context(context)?;
+    eprintln!(
+        "framemap: snapshot: wrote `{}` ({} data pages, {} bytes, id {})",
+        file.display(),
+        info.data_pages,
+        info.file_len,
+        info.id
+    );
+    Ok(())
 }
 
 /// Rejects modules that are not WASI commands (no `_start` function) before

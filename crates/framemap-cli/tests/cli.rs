@@ -278,3 +278,99 @@ fn stats_prints_a_report_per_memory() {
         "expected a frame report mentioning `memory` on stderr, got: {err:?}"
     );
 }
+
+/// A WASI command whose `_start` prints a line held in memory (its length
+/// in a mutable, unexported global), and whose `init` export replaces that
+/// line and grows the memory: what a fresh run and a restored run print
+/// tells which state they started from.
+const SNAPSHOT_GUEST: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1 4)
+  (global $len (mut i32) (i32.const 6))
+  (global $starts (mut i32) (i32.const 0))
+  (data (i32.const 100) "fresh\n")
+  (data (i32.const 200) "initialised\n")
+  (func $start (global.set $starts (i32.add (global.get $starts) (i32.const 1))))
+  (start $start)
+  (func (export "init")
+    (memory.copy (i32.const 100) (i32.const 200) (i32.const 12))
+    (global.set $len (i32.const 12))
+    (drop (memory.grow (i32.const 1)))
+    (i32.store (i32.const 70000) (i32.const 1)))
+  (func (export "_start")
+    ;; The start function ran once (fresh) or never again (restored).
+    (if (i32.ne (global.get $starts) (i32.const 1)) (then unreachable))
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (global.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"#;
+
+#[test]
+fn a_snapshot_taken_after_init_is_restored_by_run_and_shown_by_inspect() {
+    let dir = scratch_dir("snapshot");
+    let module = dir.join("guest.wat");
+    std::fs::write(&module, SNAPSHOT_GUEST).unwrap();
+    let module = module.to_str().unwrap();
+    let snap = dir.join("guest.snap");
+    let snap = snap.to_str().unwrap();
+
+    let fresh = framemap(&["run", module]);
+    assert_eq!((code(&fresh), stdout(&fresh).as_str()), (0, "fresh\n"), "{}", stderr(&fresh));
+
+    let init = framemap(&["run", "--init", "init", "--snapshot-out", snap, module]);
+    assert_eq!(code(&init), 0, "{}", stderr(&init));
+    assert_eq!(stdout(&init), "", "--init does not run _start");
+    assert!(stderr(&init).contains("framemap: snapshot: wrote"), "{}", stderr(&init));
+
+    let restored = framemap(&["run", "--restore", snap, module]);
+    assert_eq!((code(&restored), stdout(&restored).as_str()), (0, "initialised\n"), "{}", stderr(&restored));
+
+    let shown = framemap(&["inspect", snap]);
+    assert_eq!(code(&shown), 0, "{}", stderr(&shown));
+    let text = stdout(&shown);
+    assert!(text.contains("checksum  ok"), "{text}");
+    assert!(text.contains("memory \"framemap:memory:0\": 128.0 KiB (32 pages)"), "{text}");
+    assert!(text.contains("parent    none"), "{text}");
+
+    let json = framemap(&["inspect", "--json", snap]);
+    assert_eq!(code(&json), 0);
+    let json = stdout(&json);
+    assert!(json.starts_with('{') && json.trim_end().ends_with('}'), "{json}");
+    assert!(json.contains("\"checksum\":\"ok\"") && json.contains("\"parent\":null"), "{json}");
+    assert!(json.contains("\"len\":131072"), "{json}");
+
+    // A damaged data page: inspect prints the verdict and fails.
+    let mut bytes = std::fs::read(snap).unwrap();
+    bytes[framemap::host_page_size() + 1] ^= 0xff;
+    let damaged = dir.join("damaged.snap");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = framemap(&["inspect", damaged.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains("checksum  FAILED"), "{}", stdout(&out));
+}
+
+#[test]
+fn bad_snapshots_are_one_line_errors() {
+    let dir = scratch_dir("bad-snapshot");
+    let module = dir.join("guest.wat");
+    std::fs::write(&module, SNAPSHOT_GUEST).unwrap();
+    let module = module.to_str().unwrap();
+    let junk = dir.join("junk.snap");
+    std::fs::write(&junk, b"not a snapshot at all").unwrap();
+    let junk = junk.to_str().unwrap();
+    let line = assert_one_line_error(&framemap(&["run", "--restore", junk, module]));
+    assert!(line.contains("not a framemap snapshot"), "{line}");
+    let line = assert_one_line_error(&framemap(&["inspect", junk]));
+    assert!(line.contains("not a framemap snapshot"), "{line}");
+    assert_one_line_error(&framemap(&["inspect", dir.join("missing.snap").to_str().unwrap()]));
+
+    // Another module's snapshot.
+    let snap = dir.join("hello.snap");
+    let out = framemap(&["run", "--snapshot-out", snap.to_str().unwrap(), &guest("hello.wat")]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let line = assert_one_line_error(&framemap(&["run", "--restore", snap.to_str().unwrap(), module]));
+    assert!(line.contains("does not fit"), "{line}");
+    // --init needs --snapshot-out.
+    assert_one_line_error(&framemap(&["run", "--init", "init", module]));
+}
