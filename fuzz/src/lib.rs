@@ -6,6 +6,7 @@
 pub mod space_model;
 pub mod space_ops;
 pub mod space_replay;
+pub mod space_snapshot;
 #[cfg(test)]
 mod space_tests;
 #[cfg(feature = "wasm")]

@@ -11,13 +11,17 @@
 //! accepts must succeed; since a refusal leaves the model as it was, the
 //! checks after it prove the call changed nothing. Images, buffers, reset
 //! reports, `populate` and `summary` are checked against what their
-//! documentation promises. Any disagreement panics.
+//! documentation promises. Halfway and at the end, the space is captured
+//! into a snapshot (the second incremental to the first) and restored into
+//! a fresh space, which must equal the model (`space_snapshot`). Any
+//! disagreement panics.
 #![warn(missing_docs)]
 
 use crate::space_model::{Backings, MFrame, Model, ModelBuffer, ModelImage};
 use crate::space_ops::{
     Geometry, ImageSpec, Input, MAX_BUFFER_PAGES, MAX_BUFFERS, MAX_IMAGE_PAGES, MAX_IMAGES, Op, pattern,
 };
+use crate::space_snapshot::round_trip;
 use framemap::{
     BackingId, FrameTag, Image, LinearSpace, PageRange, Protection, ResetPolicy, SharedBuffer, SpaceConfig, WindowOwner,
 };
@@ -213,7 +217,14 @@ pub fn replay(input: Input) -> Replay {
     check(&space.lock().unwrap(), &model, &b, 0);
 
     let mut outcomes = Vec::with_capacity(input.ops.len());
+    // Snapshot round trips: a full one halfway, then one incremental to it
+    // (or full, after a reset) at the end (see `space_snapshot`).
+    let halfway = input.ops.len() / 2;
+    let mut parent = None;
     for (step, op) in input.ops.into_iter().enumerate() {
+        if step == halfway {
+            parent = Some(round_trip(&mut space.lock().unwrap(), &model, &b, None, step));
+        }
         let step = step + 1;
         if trace() {
             eprintln!("step {step}: {op:?} (len {:#x})", model.len);
@@ -289,6 +300,7 @@ pub fn replay(input: Input) -> Replay {
         }
         outcomes.push(outcome);
     }
+    round_trip(&mut space.lock().unwrap(), &model, &b, parent.as_ref(), outcomes.len());
     Replay { created: true, outcomes }
 }
 

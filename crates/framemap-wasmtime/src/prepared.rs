@@ -314,7 +314,11 @@ impl PreparedModule {
 
     /// Resolves imports with `linker` once, for many fast instantiations.
     pub fn instance_pre<T: 'static>(&self, linker: &Linker<T>) -> wasmtime::Result<PreparedInstancePre<T>> {
-        Ok(PreparedInstancePre { pre: linker.instantiate_pre(&self.module)?, prepared: self.clone() })
+        let restore_pre = match self.snapshots.as_deref() {
+            Some(support) => Some(linker.instantiate_pre(&support.restore_module)?),
+            None => None,
+        };
+        Ok(PreparedInstancePre { pre: linker.instantiate_pre(&self.module)?, restore_pre, prepared: self.clone() })
     }
 
     /// Makes `image` the initial contents of defined memory `memory` (in
@@ -380,12 +384,19 @@ impl PreparedModule {
 /// instantiate it many times.
 pub struct PreparedInstancePre<T: 'static> {
     pre: InstancePre<T>,
+    /// The restore variant's, for a module made with
+    /// [`PreparedModule::with_snapshots`].
+    restore_pre: Option<InstancePre<T>>,
     prepared: PreparedModule,
 }
 
 impl<T: 'static> Clone for PreparedInstancePre<T> {
     fn clone(&self) -> Self {
-        PreparedInstancePre { pre: self.pre.clone(), prepared: self.prepared.clone() }
+        PreparedInstancePre {
+            pre: self.pre.clone(),
+            restore_pre: self.restore_pre.clone(),
+            prepared: self.prepared.clone(),
+        }
     }
 }
 
@@ -402,6 +413,43 @@ impl<T: 'static> PreparedInstancePre<T> {
         T: Send,
     {
         self.prepared.run_async(self.pre.instantiate_async(&mut store)).await
+    }
+
+    /// Instantiates the module from `snapshot` in `store` (see
+    /// [`PreparedModule::instantiate_snapshot`]), with the imports resolved
+    /// once.
+    pub fn instantiate_snapshot(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        snapshot: &Snapshot,
+    ) -> wasmtime::Result<Instance> {
+        let (support, mut pending) = self.prepared.restore_plan(snapshot)?;
+        let pre = self.restore_pre.as_ref().ok_or_else(|| Error::NotSnapshottable {
+            reason: "the module was not prepared with PreparedModule::with_snapshots".into(),
+        })?;
+        let instance = pending.run(|| pre.instantiate(&mut store))?;
+        check_served(&pending)?;
+        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
+        Ok(instance)
+    }
+
+    /// Asynchronous [`PreparedInstancePre::instantiate_snapshot`].
+    pub async fn instantiate_snapshot_async(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        snapshot: &Snapshot,
+    ) -> wasmtime::Result<Instance>
+    where
+        T: Send,
+    {
+        let (support, mut pending) = self.prepared.restore_plan(snapshot)?;
+        let pre = self.restore_pre.as_ref().ok_or_else(|| Error::NotSnapshottable {
+            reason: "the module was not prepared with PreparedModule::with_snapshots".into(),
+        })?;
+        let instance = WithPlan::new(pre.instantiate_async(&mut store), &mut pending).await?;
+        check_served(&pending)?;
+        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
+        Ok(instance)
     }
 
     /// The prepared module.

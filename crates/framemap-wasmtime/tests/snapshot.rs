@@ -111,7 +111,7 @@ fn a_restored_instance_has_the_snapshot_s_memories_and_globals_and_skips_start()
 }
 
 #[test]
-fn restores_go_through_a_linker_and_asynchronously() {
+fn restores_go_through_a_linker_an_instance_pre_and_asynchronously() {
     let (creator, engine) = setup();
     let prepared = PreparedModule::with_snapshots(&creator, &engine, MODULE).unwrap();
     let (mut store, instance, snapshot) = initialised(&prepared, &engine);
@@ -120,6 +120,16 @@ fn restores_go_through_a_linker_and_asynchronously() {
     let mut s = Store::new(&engine, ());
     let restored = prepared.instantiate_snapshot_with(&linker, &mut s, &snapshot).unwrap();
     assert_eq!(call::<i64>(&mut s, &restored, "state"), expected);
+    let pre = prepared.instance_pre(&linker).unwrap();
+    for _ in 0..3 {
+        let mut s = Store::new(&engine, ());
+        let restored = pre.instantiate_snapshot(&mut s, &snapshot).unwrap();
+        assert_eq!(call::<i64>(&mut s, &restored, "state"), expected);
+        bump(&mut s, &restored, 150_000);
+    }
+    // The same InstancePre still instantiates fresh instances.
+    let fresh = pre.instantiate(&mut s).unwrap();
+    assert_eq!(call::<i32>(&mut s, &fresh, "sp"), 1024);
 
     let async_creator = FrameMemoryCreator::new();
     let async_engine = framemap_wasmtime::engine(&mut Config::new(), async_creator.clone()).unwrap();
