@@ -21,7 +21,7 @@
 use super::capture::{in_page_order, split};
 use super::format::{Digest, PageSource, RunRecord};
 use super::{Snapshot, SnapshotWriter};
-use crate::buffer::BufferGrant;
+use crate::buffer::{BufferGrant, SharedBuffer};
 use crate::error::{Error, Result, SnapshotDamage};
 use crate::frame::{Frame, Protection};
 use crate::image::Image;
@@ -256,13 +256,9 @@ impl LinearSpace {
             };
             frames.push((run.pages, frame));
         }
-        for image in images.values().chain(&data_images) {
-            self.attach_image(image);
-        }
-        for grant in grants.values() {
-            self.attach_buffer(grant.buffer());
-        }
-        let applied = self.apply_layout(len, &frames);
+        let images: Vec<Image> = images.into_values().chain(data_images).collect();
+        let buffers: Vec<SharedBuffer> = grants.values().map(|g| g.buffer().clone()).collect();
+        let applied = self.apply_layout(len, &frames, &images, &buffers);
         self.forget_unused_backings();
         applied?;
         // Nothing is written yet: the memory is the snapshot, and an
@@ -355,5 +351,58 @@ impl SnapshotWriter {
             self.add_global(&global.name, global.value)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::buffer::SharedBuffer;
+    use crate::frame::Protection;
+    use crate::image::Image;
+    use crate::snapshot::{PageSource, SnapshotWriter};
+    use crate::space::{LinearSpace, SpaceConfig};
+
+    fn space(pages: u64) -> LinearSpace {
+        let p = crate::host_page_size() as u64;
+        LinearSpace::new(SpaceConfig { capacity: pages * p, guard: p, initial_len: pages * p }).unwrap()
+    }
+
+    fn no_names(_: &SharedBuffer) -> Option<String> {
+        None
+    }
+
+    /// Found by the `snapshot_file` fuzz target: restoring into a memory
+    /// that already showed the snapshot's image, on pages an earlier run of
+    /// the layout replaces (or past the restored size), let go of the image
+    /// before the run that names it, which then failed with
+    /// `UnknownBacking`, the memory half laid out.
+    #[test]
+    fn a_restore_keeps_an_image_the_memory_showed_elsewhere() {
+        let p = crate::host_page_size() as u64;
+        let bytes: Vec<u8> = (0..2 * p).map(|i| (i / p + 1) as u8).collect();
+        let image = Image::from_bytes(&bytes).unwrap();
+        // The snapshot: zero pages, then image page 1 at page 3.
+        let mut source = space(4);
+        source.map_image(3 * p, &image, p, p, Protection::Read).unwrap();
+        let mut w = SnapshotWriter::in_memory().unwrap();
+        w.capture("0", &mut source, &no_names).unwrap();
+        let snapshot = w.finish_in_memory().unwrap();
+        let runs = &snapshot.memory("0").unwrap().runs;
+        assert!(matches!(runs.last().unwrap().source, PageSource::Image { page: 1, .. }), "{runs:?}");
+
+        // The image shown only on page 1, which the zero run [0, 3) replaces
+        // first; and only on page 5, past the restored size.
+        for at in [1, 5] {
+            let mut target = space(8);
+            target.map_image(at * p, &image, 0, p, Protection::ReadWrite).unwrap();
+            target.restore(&snapshot, "0", &mut vec![image.clone()]).unwrap();
+            target.validate().unwrap();
+            assert_eq!(target.len(), 4 * p);
+            let mut page = vec![0u8; p as usize];
+            target.read(3 * p, &mut page).unwrap();
+            assert!(page.iter().all(|&b| b == 2), "image page 1 at page 3");
+            target.read(p, &mut page).unwrap();
+            assert!(page.iter().all(|&b| b == 0), "a zero page at page 1");
+        }
     }
 }

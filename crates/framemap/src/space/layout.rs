@@ -2,11 +2,11 @@
 //! sets, through `commit` like every other change (invariant 1).
 //!
 //! The caller checks everything that can refuse first (the snapshot's
-//! runs, images by content hash, grants), attaches the backings the frames
-//! name (invariant 5), then [`LinearSpace::apply_layout`] maps every run
-//! fresh, moves the hole guard's end with the size (invariants 4 and 7),
-//! and starts a new life for checkpoints. Backings no frame names are let
-//! go afterwards.
+//! runs, images by content hash, grants), then [`LinearSpace::apply_layout`]
+//! maps every run fresh, attaching the backing a run names right before
+//! mapping it (invariant 5), moves the hole guard's end with the size
+//! (invariants 4 and 7), and starts a new life for checkpoints. Backings no
+//! frame names are let go afterwards.
 
 use super::LinearSpace;
 use super::commit::Change;
@@ -28,12 +28,12 @@ impl LinearSpace {
     }
 
     /// Lets frames name `image` (invariant 5).
-    pub(crate) fn attach_image(&mut self, image: &Image) {
+    fn attach_image(&mut self, image: &Image) {
         self.images.entry(image.id()).or_insert_with(|| image.clone());
     }
 
     /// Lets frames name `buffer` (invariant 5).
-    pub(crate) fn attach_buffer(&mut self, buffer: &SharedBuffer) {
+    fn attach_buffer(&mut self, buffer: &SharedBuffer) {
         self.buffers.entry(buffer.id()).or_insert_with(|| buffer.clone());
     }
 
@@ -66,10 +66,22 @@ impl LinearSpace {
     }
 
     /// Sets the memory to `len` bytes laid out as `frames` (sorted runs
-    /// covering `[0, ceil(len / page))`, naming attached backings only),
-    /// every run mapped fresh. A kernel failure part-way returns the error
-    /// with the table true (invariant 8).
-    pub(crate) fn apply_layout(&mut self, len: u64, frames: &[(PageRange, Frame)]) -> Result<()> {
+    /// covering `[0, ceil(len / page))`, naming only backings of `images`
+    /// and `buffers`), every run mapped fresh. A kernel failure part-way
+    /// returns the error with the table true (invariant 8).
+    ///
+    /// Each run's backing is attached right before the run is mapped, not
+    /// all of them first: a commit lets go of a backing whose last page it
+    /// replaces, so an earlier run (or the unmapping past the new end) over
+    /// the last pages that showed an image before the restore would let go
+    /// of that image while a later run still names it.
+    pub(crate) fn apply_layout(
+        &mut self,
+        len: u64,
+        frames: &[(PageRange, Frame)],
+        images: &[Image],
+        buffers: &[SharedBuffer],
+    ) -> Result<()> {
         let old = self.accessible_pages();
         let new = PageRange::new(0, len.div_ceil(self.page));
         debug_assert!(frames.last().is_none_or(|(r, _)| r.end == new.end));
@@ -78,41 +90,30 @@ impl LinearSpace {
             // Before the pages go: the hole guard must not touch them after.
             self.guard_accessible_pages(new.end);
         }
-        // Every backing the new frames name is pinned for the whole layout:
-        // replacing the last old frames of a backing (say, the same
-        // snapshot's pages at other offsets) must not let it go before the
-        // new frames that name it are mapped (invariant 5).
-        let mut pins: Vec<BackingId> = frames.iter().filter_map(|&(_, frame)| backing(frame)).collect();
-        pins.sort_unstable();
-        pins.dedup();
-        for id in &pins {
-            *self.backing_pages.entry(*id).or_default() += 1;
-        }
-        let laid = self
-            .commit(PageRange::new(new.end, old.end), Change::Map(Frame::UNMAPPED))
-            .and_then(|()| frames.iter().try_for_each(|&(range, frame)| self.commit(range, Change::Map(frame))));
-        for id in &pins {
-            let pages = self.backing_pages.entry(*id).or_default();
-            *pages = pages.saturating_sub(1);
-            if *pages == 0 {
-                self.backing_pages.remove(id);
-                self.images.remove(id);
-                self.buffers.remove(id);
+        self.commit(PageRange::new(new.end, old.end), Change::Map(Frame::UNMAPPED))?;
+        for &(range, frame) in frames {
+            // Once a run of this layout names a backing, no later run can
+            // let it go (runs are disjoint, and a commit counts the pages
+            // it maps before those it replaces).
+            match frame.kind() {
+                FrameKind::Image { image: id, .. } => {
+                    if let Some(image) = images.iter().find(|i| i.id() == id) {
+                        self.attach_image(image);
+                    }
+                }
+                FrameKind::Shared { buffer: id, .. } => {
+                    if let Some(buffer) = buffers.iter().find(|b| b.id() == id) {
+                        self.attach_buffer(buffer);
+                    }
+                }
+                FrameKind::Unmapped | FrameKind::Zero => {}
             }
+            self.commit(range, Change::Map(frame))?;
         }
-        laid?;
         self.len = len;
         if new.end > old.end {
             self.guard_accessible_pages(new.end);
         }
         Ok(())
-    }
-}
-
-/// The image or buffer a frame names, if any.
-fn backing(frame: Frame) -> Option<BackingId> {
-    match frame.kind() {
-        FrameKind::Image { image: id, .. } | FrameKind::Shared { buffer: id, .. } => Some(id),
-        FrameKind::Unmapped | FrameKind::Zero => None,
     }
 }
