@@ -88,7 +88,9 @@ fn ratios(s: &Setup, fresh: &Snapshot, dirty: &Snapshot) {
         d.push((0..BLOCK).map(|_| restored_once(s, dirty)).sum::<Duration>() / BLOCK as u32);
     }
     let (p, f, d) = (median(p), median(f), median(d));
-    println!("\ninstance snapshots (built-in module, store + instantiate or restore + touch(16) + drop; medians of {ROUNDS} rounds of {BLOCK}):");
+    println!(
+        "\ninstance snapshots (built-in module, store + instantiate or restore + touch(16) + drop; medians of {ROUNDS} rounds of {BLOCK}):"
+    );
     println!("  prepared instantiation:                 {p:?}");
     println!("  restore, snapshot right after start:    {f:?} ({:.2}x)", f.as_secs_f64() / p.as_secs_f64());
     println!(

@@ -18,6 +18,7 @@ use crate::image_plan::{self, SnapshotStart};
 use crate::memory::{FrameMemory, Recycler, Serving};
 use crate::pool::{IdleSlot, SlotKey, SlotPool};
 use crate::slot::Slot;
+use framemap::snapshot::RestoreOptions;
 use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -198,7 +199,8 @@ impl CreatorShared {
         }
         let recycled = {
             let mut pool = lock(&self.pool);
-            let taken = pool.take(key, None);
+            // A slot that served this snapshot most likely holds its frames.
+            let taken = pool.take(key, Some(start.snapshot.backing_id()));
             self.idle.store(pool.len(), Ordering::Relaxed);
             taken
         };
@@ -206,7 +208,12 @@ impl CreatorShared {
         if let Some(IdleSlot { slot, .. }) = recycled {
             let served = {
                 let mut state = slot.lock();
-                state.space.restore(&start.snapshot, &start.memory, &mut images).map(|()| {
+                // Pooled slots were reset by `restore_dirty` when released
+                // and touched by nothing since: frames already the
+                // snapshot's keep their (initial) contents.
+                let options = RestoreOptions { keep_reset_frames: true, ..RestoreOptions::default() };
+                let restored = state.space.restore_with(&start.snapshot, &start.memory, &mut images, options);
+                restored.map(|_| {
                     let (len, capacity) = (state.space.len(), state.space.capacity());
                     (state.start_serving(), len, capacity)
                 })
@@ -448,7 +455,8 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         let memory = image_plan::with_plan(Arc::as_ptr(&self.shared) as usize, &ty, |planned| {
             if let Some(start) = planned.and_then(|p| p.snapshot.as_ref()) {
                 let serving = self.shared.acquire_snapshot(key, minimum, maximum, start).map_err(|e| e.to_string())?;
-                return Ok::<_, String>(FrameMemory::new(serving, self.shared.clone(), None));
+                let backing = Some(start.snapshot.backing_id());
+                return Ok::<_, String>(FrameMemory::new(serving, self.shared.clone(), backing));
             }
             let image = planned.and_then(|p| p.image.as_ref());
             let serving = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;

@@ -100,6 +100,11 @@ fn a_restored_instance_has_the_snapshot_s_memories_and_globals_and_skips_start()
         let restored = prepared.instantiate_snapshot(&mut restored_store, &[], &snapshot).unwrap();
         assert_eq!(call::<i64>(&mut restored_store, &restored, "state"), expected);
         assert_eq!(call::<i32>(&mut restored_store, &restored, "starts"), 1, "the start function did not run again");
+        assert_eq!(
+            hidden(&mut restored_store, &restored, 150_000),
+            0,
+            "no write of an earlier restored instance shows"
+        );
         // The restored instance runs on, privately.
         assert_eq!(bump(&mut restored_store, &restored, 150_000), 4097);
         assert_eq!(hidden(&mut restored_store, &restored, 150_000), 4097);
@@ -125,6 +130,7 @@ fn restores_go_through_a_linker_an_instance_pre_and_asynchronously() {
         let mut s = Store::new(&engine, ());
         let restored = pre.instantiate_snapshot(&mut s, &snapshot).unwrap();
         assert_eq!(call::<i64>(&mut s, &restored, "state"), expected);
+        assert_eq!(hidden(&mut s, &restored, 150_000), 0, "no write of an earlier restored instance shows");
         bump(&mut s, &restored, 150_000);
     }
     // The same InstancePre still instantiates fresh instances.

@@ -309,7 +309,9 @@ fn first_touch(snapshot: &Snapshot, working_set: &[PageRange], prefetch: Prefetc
     let mut byte = [0u8; 1];
     let f0 = minor_faults();
     let t0 = Instant::now();
-    let report = memory.restore_with(snapshot, "0", &mut (), RestoreOptions { prefetch }).expect("restore");
+    let report = memory
+        .restore_with(snapshot, "0", &mut (), RestoreOptions { prefetch, ..RestoreOptions::default() })
+        .expect("restore");
     let t1 = Instant::now();
     let f1 = minor_faults();
     for page in working_set.iter().flat_map(|r| r.start..r.end) {
@@ -412,7 +414,9 @@ fn working_set_ratios() {
         for (i, (snapshot, prefetch)) in cases.into_iter().enumerate() {
             let mut target = space(bytes);
             let t = Instant::now();
-            target.restore_with(snapshot, "0", &mut (), RestoreOptions { prefetch }).expect("restore");
+            target
+                .restore_with(snapshot, "0", &mut (), RestoreOptions { prefetch, ..RestoreOptions::default() })
+                .expect("restore");
             target.read(0, &mut first).expect("read");
             alone[i].push(t.elapsed());
         }

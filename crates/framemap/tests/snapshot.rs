@@ -528,7 +528,8 @@ fn restored_with(
     prefetch: Prefetch,
 ) -> (LinearSpace, PrefetchReport) {
     let mut s = space(pages);
-    let report = s.restore_with(snapshot, "0", resolver, RestoreOptions { prefetch }).unwrap();
+    let report =
+        s.restore_with(snapshot, "0", resolver, RestoreOptions { prefetch, ..RestoreOptions::default() }).unwrap();
     (s, report)
 }
 
@@ -873,4 +874,28 @@ fn restoring_over_another_memory_of_the_same_snapshot_keeps_the_file() {
     assert_same_memory(&b, &r);
     r.restore(&snap, "a", &mut ()).unwrap();
     assert_same_memory(&a, &r);
+}
+
+/// A memory reset after a restore lays out again from the same snapshot
+/// keeping its frames, with the snapshot's bytes (what a recycled slot
+/// does).
+#[test]
+fn a_reset_memory_restores_again_keeping_its_frames() {
+    use framemap::snapshot::RestoreOptions;
+    let p = page();
+    let image = image();
+    let mut m = varied(&image);
+    let mut w = SnapshotWriter::in_memory().unwrap();
+    w.capture("0", &mut m, &no_names).unwrap();
+    let snap = w.finish_in_memory().unwrap();
+    let mut r = restored(&snap, "0", &mut vec![image.clone()], 64);
+    let table: Vec<_> = r.table().runs().collect();
+    for at in [3, 9 * p + 7, 30 * p] {
+        r.write(at, b"dirt").unwrap();
+    }
+    r.restore_dirty(ResetPolicy::default()).unwrap();
+    let keep = RestoreOptions { keep_reset_frames: true, ..RestoreOptions::default() };
+    r.restore_with(&snap, "0", &mut vec![image.clone()], keep).unwrap();
+    assert_eq!(r.table().runs().collect::<Vec<_>>(), table, "every frame kept");
+    assert_same_memory(&m, &r);
 }

@@ -258,6 +258,13 @@ impl Snapshot {
         self.parent().map_or(Ok(()), Snapshot::verify)
     }
 
+    /// The identity of the snapshot's file in frame tables: the backing of
+    /// the pages a restore maps from it (a pool can prefer a slot that
+    /// still holds them).
+    pub fn backing_id(&self) -> crate::BackingId {
+        self.inner.image.id()
+    }
+
     /// The file as an image (data page `n` is image page `n + 1`).
     pub(crate) fn image(&self) -> &Image {
         &self.inner.image

@@ -66,6 +66,15 @@ pub struct RestoreOptions {
     /// working set afresh ([`LinearSpace::touched_pages`] counts prefetched
     /// pages as touched).
     pub prefetch: Prefetch,
+    /// Keep the runs whose frames already are the snapshot's (same backing,
+    /// page and protection) instead of mapping them fresh. Set it only for
+    /// a memory whose contents were just reset to its frames' initial
+    /// contents with [`LinearSpace::restore_dirty`] and not touched since
+    /// (a recycled slot, as [`LinearSpace::restore_layout`] assumes):
+    /// otherwise the kept pages keep their bytes, which are then not the
+    /// snapshot's. A slot that served the same memory of the same snapshot
+    /// then restores with no mapping change at all.
+    pub keep_reset_frames: bool,
 }
 
 /// Where the pages of a resolved run come from.
@@ -258,7 +267,7 @@ impl LinearSpace {
         }
         let images: Vec<Image> = images.into_values().chain(data_images).collect();
         let buffers: Vec<SharedBuffer> = grants.values().map(|g| g.buffer().clone()).collect();
-        let applied = self.apply_layout(len, &frames, &images, &buffers);
+        let applied = self.apply_layout(len, &frames, &images, &buffers, options.keep_reset_frames);
         self.forget_unused_backings();
         applied?;
         // Nothing is written yet: the memory is the snapshot, and an

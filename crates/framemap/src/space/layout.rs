@@ -68,7 +68,10 @@ impl LinearSpace {
     /// Sets the memory to `len` bytes laid out as `frames` (sorted runs
     /// covering `[0, ceil(len / page))`, naming only backings of `images`
     /// and `buffers`), every run mapped fresh. A kernel failure part-way
-    /// returns the error with the table true (invariant 8).
+    /// returns the error with the table true (invariant 8). With
+    /// `keep_equal`, runs whose frames already are the target's are left as
+    /// they are (the caller vouches that their contents are the frames'
+    /// initial ones: see `RestoreOptions::keep_reset_frames`).
     ///
     /// Each run's backing is attached right before the run is mapped, not
     /// all of them first: a commit lets go of a backing whose last page it
@@ -81,6 +84,7 @@ impl LinearSpace {
         frames: &[(PageRange, Frame)],
         images: &[Image],
         buffers: &[SharedBuffer],
+        keep_equal: bool,
     ) -> Result<()> {
         let old = self.accessible_pages();
         let new = PageRange::new(0, len.div_ceil(self.page));
@@ -107,6 +111,13 @@ impl LinearSpace {
                     }
                 }
                 FrameKind::Unmapped | FrameKind::Zero => {}
+            }
+            if keep_equal
+                && let Some((run, now)) = self.table.run_containing(range.start)
+                && range.end <= run.end
+                && now.advanced(range.start - run.start) == frame
+            {
+                continue;
             }
             self.commit(range, Change::Map(frame))?;
         }
