@@ -6,7 +6,9 @@
 //! runs: its first instruction and a few pages), and the drop (slots
 //! recycled). Two snapshots are restored: the state right after
 //! instantiation (clean image pages referenced by content hash, nothing
-//! stored) and after 256 pages were written (stored by content).
+//! stored) and after 256 pages were written one in eight (stored by
+//! content: 513 runs), and the latter captured with
+//! `SnapshotWriter::fill_gaps(8)` (the gaps stored too: one run).
 //!
 //! Besides criterion's statistics, the medians of interleaved rounds (both
 //! sides alternating, so machine noise hits both alike) are printed as
@@ -44,13 +46,13 @@ fn touch(store: &mut Store<()>, instance: &Instance, k: i32) {
 
 /// A snapshot of an instance after `touch(k)` (k = 0: right after
 /// instantiation).
-fn snapshot_after(s: &Setup, k: i32) -> Snapshot {
+fn snapshot_after(s: &Setup, k: i32, fill_gaps: u64) -> Snapshot {
     let mut store = Store::new(&s.engine, ());
     let instance = s.prepared.instantiate(&mut store, &[]).expect("instantiate");
     if k > 0 {
         touch(&mut store, &instance, k);
     }
-    let mut writer = SnapshotWriter::in_memory().expect("writer");
+    let mut writer = SnapshotWriter::in_memory().expect("writer").fill_gaps(fill_gaps);
     s.prepared.capture(&mut store, &instance, &mut writer).expect("capture");
     writer.finish_in_memory().expect("finish")
 }
@@ -78,16 +80,17 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn ratios(s: &Setup, fresh: &Snapshot, dirty: &Snapshot) {
+fn ratios(s: &Setup, fresh: &Snapshot, dirty: &Snapshot, dense: &Snapshot) {
     const ROUNDS: usize = 41;
     const BLOCK: usize = 50;
-    let (mut p, mut f, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut p, mut f, mut d, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
+        g.push((0..BLOCK).map(|_| restored_once(s, dense)).sum::<Duration>() / BLOCK as u32);
         p.push((0..BLOCK).map(|_| prepared_once(s)).sum::<Duration>() / BLOCK as u32);
         f.push((0..BLOCK).map(|_| restored_once(s, fresh)).sum::<Duration>() / BLOCK as u32);
         d.push((0..BLOCK).map(|_| restored_once(s, dirty)).sum::<Duration>() / BLOCK as u32);
     }
-    let (p, f, d) = (median(p), median(f), median(d));
+    let (p, f, d, g) = (median(p), median(f), median(d), median(g));
     println!(
         "\ninstance snapshots (built-in module, store + instantiate or restore + touch(16) + drop; medians of {ROUNDS} rounds of {BLOCK}):"
     );
@@ -98,15 +101,26 @@ fn ratios(s: &Setup, fresh: &Snapshot, dirty: &Snapshot) {
         d.as_secs_f64() / p.as_secs_f64(),
         if d.as_secs_f64() / p.as_secs_f64() <= 1.2 { "met" } else { "MISSED" }
     );
+    let runs = |snap: &Snapshot| snap.manifest().memories.iter().map(|m| m.runs.len()).sum::<usize>();
+    println!(
+        "  restore, touch(256), gaps filled:        {g:?} ({:.2}x; target <= 1.2x: {}); {} runs and {} data pages, against {} and {}",
+        g.as_secs_f64() / p.as_secs_f64(),
+        if g.as_secs_f64() / p.as_secs_f64() <= 1.2 { "met" } else { "MISSED" },
+        runs(dense),
+        dense.data_pages(),
+        runs(dirty),
+        dirty.data_pages()
+    );
 }
 
 fn bench(c: &mut Criterion) {
     let s = setup();
-    let fresh = snapshot_after(&s, 0);
-    let dirty = snapshot_after(&s, 256);
+    let fresh = snapshot_after(&s, 0, 0);
+    let dirty = snapshot_after(&s, 256, 0);
+    let dense = snapshot_after(&s, 256, 8);
     assert_eq!(fresh.data_pages(), 0, "a fresh instance's pages are the image's: nothing stored");
     assert!(dirty.data_pages() >= 256);
-    ratios(&s, &fresh, &dirty);
+    ratios(&s, &fresh, &dirty, &dense);
     c.bench_function("snapshot_instance/prepared instantiate + touch(16) + drop", |b| b.iter(|| prepared_once(&s)));
     c.bench_function("snapshot_instance/restore + touch(16) + drop", |b| b.iter(|| restored_once(&s, &dirty)));
 }

@@ -899,3 +899,32 @@ fn a_reset_memory_restores_again_keeping_its_frames() {
     assert_eq!(r.table().runs().collect::<Vec<_>>(), table, "every frame kept");
     assert_same_memory(&m, &r);
 }
+
+/// Scattered writes over an image: filling the gaps between stored pages
+/// trades file size for runs (kernel mappings at restore), and restores the
+/// same memory either way.
+#[test]
+fn filling_gaps_between_stored_pages_gives_fewer_runs_and_the_same_memory() {
+    let p = page();
+    let image = image();
+    let mut m = space(16);
+    m.map_image(0, &image, 0, 8 * p, Protection::ReadWrite).unwrap();
+    for i in [0, 2, 4, 7] {
+        m.write(i * p + 1, b"w").unwrap();
+    }
+    let capture = |writer: SnapshotWriter, m: &mut LinearSpace| {
+        let mut w = writer;
+        w.capture("0", m, &no_names).unwrap();
+        w.finish_in_memory().unwrap()
+    };
+    let sparse = capture(SnapshotWriter::in_memory().unwrap(), &mut m);
+    let dense = capture(SnapshotWriter::in_memory().unwrap().fill_gaps(2), &mut m);
+    assert_eq!(sparse.data_pages(), 4);
+    assert_eq!(dense.data_pages(), 8, "the gaps of 1 and 2 pages are stored too");
+    let runs = |s: &Snapshot| s.memory("0").unwrap().runs.len();
+    assert_eq!(runs(&dense), 2, "one data run, then the zero pages: {:?}", dense.memory("0").unwrap().runs);
+    assert!(runs(&sparse) > runs(&dense) + 4);
+    for snap in [&sparse, &dense] {
+        assert_same_memory(&m, &restored(snap, "0", &mut vec![image.clone()], 16));
+    }
+}
