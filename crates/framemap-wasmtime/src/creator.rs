@@ -167,12 +167,7 @@ impl CreatorShared {
                 self.prefaulted.fetch_add(bytes, Ordering::Relaxed);
             }
         }
-        let (len, capacity) = (space.len(), space.capacity());
-        let slot = Slot::new(space);
-        let generation = slot.lock().start_serving();
-        lock(&self.slots).insert(slot.base(), Arc::downgrade(&slot));
-        self.created.fetch_add(1, Ordering::Relaxed);
-        Ok(Serving { slot, generation, len, capacity })
+        Ok(self.serve_new(space))
     }
 
     /// A slot of geometry `key` serving a new memory restored from
@@ -233,12 +228,17 @@ impl CreatorShared {
             .map_err(create)?;
         space.set_run_budget(self.config.max_runs);
         space.restore(&start.snapshot, &start.memory, &mut images).map_err(create)?;
+        Ok(self.serve_new(space))
+    }
+
+    /// A new slot for `space`, registered, serving its first memory.
+    fn serve_new(&self, space: LinearSpace) -> Serving {
         let (len, capacity) = (space.len(), space.capacity());
         let slot = Slot::new(space);
         let generation = slot.lock().start_serving();
         lock(&self.slots).insert(slot.base(), Arc::downgrade(&slot));
         self.created.fetch_add(1, Ordering::Relaxed);
-        Ok(Serving { slot, generation, len, capacity })
+        Serving { slot, generation, len, capacity }
     }
 
     /// Deregisters a slot whose reservation is about to be released.

@@ -181,11 +181,7 @@ impl PreparedModule {
         imports: &[Extern],
         snapshot: &Snapshot,
     ) -> wasmtime::Result<Instance> {
-        let (support, mut pending) = self.restore_plan(snapshot)?;
-        let instance = pending.run(|| Instance::new(&mut store, &support.restore_module, imports))?;
-        check_served(&pending)?;
-        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
-        Ok(instance)
+        self.restore_sync(&mut store, snapshot, |store, module| Instance::new(store, module, imports))
     }
 
     /// [`PreparedModule::instantiate_snapshot`] with imports resolved by
@@ -196,11 +192,7 @@ impl PreparedModule {
         mut store: impl AsContextMut<Data = T>,
         snapshot: &Snapshot,
     ) -> wasmtime::Result<Instance> {
-        let (support, mut pending) = self.restore_plan(snapshot)?;
-        let instance = pending.run(|| linker.instantiate(&mut store, &support.restore_module))?;
-        check_served(&pending)?;
-        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
-        Ok(instance)
+        self.restore_sync(&mut store, snapshot, |store, module| linker.instantiate(store, module))
     }
 
     /// Asynchronous [`PreparedModule::instantiate_snapshot_with`], for stores
@@ -216,6 +208,22 @@ impl PreparedModule {
             WithPlan::new(linker.instantiate_async(&mut store, &support.restore_module), &mut pending).await?;
         check_served(&pending)?;
         restore_globals(&support.layout, &mut store, &instance, snapshot)?;
+        Ok(instance)
+    }
+
+    /// A synchronous restore: plans `snapshot`'s memories, runs
+    /// `instantiate` with the restore variant, checks every memory was
+    /// served, then sets the globals.
+    fn restore_sync<S: AsContextMut>(
+        &self,
+        store: &mut S,
+        snapshot: &Snapshot,
+        instantiate: impl FnOnce(&mut S, &Module) -> wasmtime::Result<Instance>,
+    ) -> wasmtime::Result<Instance> {
+        let (support, mut pending) = self.restore_plan(snapshot)?;
+        let instance = pending.run(|| instantiate(&mut *store, &support.restore_module))?;
+        check_served(&pending)?;
+        restore_globals(&support.layout, &mut *store, &instance, snapshot)?;
         Ok(instance)
     }
 
@@ -423,14 +431,10 @@ impl<T: 'static> PreparedInstancePre<T> {
         mut store: impl AsContextMut<Data = T>,
         snapshot: &Snapshot,
     ) -> wasmtime::Result<Instance> {
-        let (support, mut pending) = self.prepared.restore_plan(snapshot)?;
         let pre = self.restore_pre.as_ref().ok_or_else(|| Error::NotSnapshottable {
             reason: "the module was not prepared with PreparedModule::with_snapshots".into(),
         })?;
-        let instance = pending.run(|| pre.instantiate(&mut store))?;
-        check_served(&pending)?;
-        restore_globals(&support.layout, &mut store, &instance, snapshot)?;
-        Ok(instance)
+        self.prepared.restore_sync(&mut store, snapshot, |store, _| pre.instantiate(store))
     }
 
     /// Asynchronous [`PreparedInstancePre::instantiate_snapshot`].

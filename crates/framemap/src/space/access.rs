@@ -144,10 +144,10 @@ impl LinearSpace {
             let addr = self.addr_of(run.start);
             match frame.kind() {
                 FrameKind::Zero | FrameKind::Image { .. } if frame.prot().readable() => {
-                    // SAFETY: the run is a readable Zero or Image run of this
+                    // The run is a readable Zero or Image run of this
                     // reservation (table == kernel, invariant 1), and `part`
-                    // is a distinct allocation: the copy neither faults nor
-                    // overlaps.
+                    // is a distinct allocation.
+                    // SAFETY: so the copy neither faults nor overlaps.
                     unsafe { std::ptr::copy_nonoverlapping(addr, part.as_mut_ptr(), part.len()) };
                 }
                 FrameKind::Zero | FrameKind::Image { .. } => {

@@ -152,15 +152,15 @@ impl LinearSpace {
             let (addr, len) = (self.addr_of(stretch.start), (stretch.len() * self.page) as usize);
             let writable = split_writable && self.table.get(stretch.start).is_some_and(|(_, f)| f.prot().writable());
             let done = if writable {
-                // SAFETY: `stretch` is a run of writable Zero or Image frames
-                // of this reservation (invariant 1: the kernel agrees), and
-                // `&mut self` excludes other host access; populating for
-                // writing copies private pages with their bytes unchanged.
+                // `stretch` is a run of writable Zero or Image frames of this
+                // reservation (invariant 1: the kernel agrees), and `&mut
+                // self` excludes other host access.
+                // SAFETY: populating for writing copies private pages with their bytes unchanged.
                 unsafe { mman::populate_write(addr, len) }.map(|()| mman::Prefetched::Populated)
             } else {
-                // SAFETY: `stretch` is a run of readable Zero or Image frames
-                // of this reservation (invariant 1); prefetching for reading
-                // changes no byte and no mapping.
+                // `stretch` is a run of readable Zero or Image frames of this
+                // reservation (invariant 1).
+                // SAFETY: prefetching for reading changes no byte and no mapping.
                 unsafe { mman::prefetch_read(addr, len) }
             };
             match done {
