@@ -3,6 +3,10 @@
 //! format's shape (so that they reach the restore), re-encoded by the
 //! format's rules (`crates/framemap/src/snapshot/format.rs`), and byte
 //! mutations of the whole file, with the CRCs fixed up or not.
+//!
+//! The manifest encoder here is written apart from `format.rs` on purpose:
+//! it is the oracle's own reading of the format, so an encoder bug in
+//! framemap shows as a disagreement instead of being copied.
 
 use crate::snapshot_make::{Built, IMAGE_PAGES, RESTORE_PAGES, chance, global, prot, ps};
 use arbitrary::{Result as AResult, Unstructured};

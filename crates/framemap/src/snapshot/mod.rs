@@ -2,10 +2,12 @@
 //! proportional to what changed, restored lazily, copy-on-write.
 //!
 //! Rooms:
-//! - `format`: the file format (header, manifest, checks), no I/O;
+//! - `format`: the file format (manifest, checks), no I/O; `header`: its
+//!   first 64 bytes;
 //! - `capture`: [`SnapshotWriter`], which captures memories (by the frame
 //!   tag table's snapshot rules) into a new file, written atomically, with
 //!   their working sets' data pages packed first if given;
+//! - `runs`: cutting table runs by page sets and merging run records;
 //! - `restore`: resolving a snapshot chain into the sources of each page,
 //!   [`LinearSpace::restore`](crate::LinearSpace::restore) (which
 //!   prefetches the working set), flattening;
@@ -35,7 +37,9 @@
 
 mod capture;
 mod format;
+mod header;
 mod restore;
+mod runs;
 
 pub use capture::{BufferNamer, Durability, SnapshotInfo, SnapshotWriter};
 pub use format::{
@@ -48,7 +52,8 @@ use crate::error::{Error, Result, SnapshotDamage};
 use crate::image::Image;
 use crate::page::PageRange;
 use crate::sys::memfd;
-use format::{FormatError, HEADER_LEN, Header};
+use format::{FormatError, HEADER_LEN};
+use header::Header;
 use rustix::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;

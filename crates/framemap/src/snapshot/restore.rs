@@ -18,8 +18,9 @@
 //! (the memory is whole; only faults are left to pay), and
 //! [`LinearSpace::restore_with`] reports what it did.
 
-use super::capture::{in_page_order, split};
 use super::format::{Digest, PageSource, RunRecord};
+use super::runs::in_page_order;
+use super::runs::split;
 use super::{Snapshot, SnapshotWriter};
 use crate::buffer::{BufferGrant, SharedBuffer};
 use crate::error::{Error, Result, SnapshotDamage};
