@@ -97,6 +97,9 @@ pub enum Error {
     /// The bytes are not a module this engine can compile.
     #[error("invalid module: {0}")]
     InvalidModule(String),
+    /// The bytes are not a component this engine can compile.
+    #[error("invalid component: {0}")]
+    InvalidComponent(String),
     /// Images cannot be given to this module's memories: its data segments
     /// could not be cut (`reason`), so instantiation copies them itself.
     #[error("the module's memories cannot be given images{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]

@@ -76,6 +76,13 @@ pub(crate) struct Pending {
     plan: Option<Arc<[MemoryPlan]>>,
     next: usize,
     len: usize,
+    /// Every request of this creator must be the next planned memory (a
+    /// component's plan: its core instances' memories are the only ones
+    /// wasmtime creates); one that is not ends the plan and fails
+    /// [`Pending::finish`].
+    strict: bool,
+    /// A strict plan met a request it did not foresee.
+    diverged: bool,
 }
 
 thread_local! {
@@ -95,6 +102,7 @@ impl Drop for Installed<'_> {
         if let Some(after) = PENDING.replace(self.previous.take()) {
             self.owner.plan = after.plan;
             self.owner.next = after.next;
+            self.owner.diverged = after.diverged;
         }
     }
 }
@@ -102,13 +110,19 @@ impl Drop for Installed<'_> {
 impl Pending {
     pub fn new(creator: usize, plan: Arc<[MemoryPlan]>) -> Pending {
         let len = plan.len();
-        Pending { creator, plan: Some(plan), next: 0, len }
+        Pending { creator, plan: Some(plan), next: 0, len, strict: false, diverged: false }
+    }
+
+    /// A strict plan: every memory request of `creator` while it is
+    /// installed must match the next planned memory, in order.
+    pub fn strict(creator: usize, plan: Arc<[MemoryPlan]>) -> Pending {
+        Pending { strict: true, ..Pending::new(creator, plan) }
     }
 
     /// Runs `f` with this plan installed for the current thread (moved there
     /// and back: no copy, and restored even if `f` panics).
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let plan = Pending { creator: self.creator, plan: self.plan.take(), next: self.next, len: self.len };
+        let plan = Pending { plan: self.plan.take(), ..*self };
         let previous = PENDING.replace(Some(plan));
         let _installed = Installed { owner: self, previous };
         f()
@@ -116,7 +130,7 @@ impl Pending {
 
     /// Whether every planned memory was served; otherwise how many were.
     pub fn finish(&self) -> Result<(), (usize, usize)> {
-        if self.next == self.len { Ok(()) } else { Err((self.next, self.len)) }
+        if self.next == self.len && !self.diverged { Ok(()) } else { Err((self.next, self.len)) }
     }
 }
 
@@ -134,12 +148,14 @@ pub(crate) fn with_image<R>(creator: usize, ty: &MemoryType, f: impl FnOnce(Opti
 pub(crate) fn with_plan<R>(creator: usize, ty: &MemoryType, f: impl FnOnce(Option<&MemoryPlan>) -> R) -> R {
     PENDING.with_borrow_mut(|pending| {
         let planned = pending.as_mut().filter(|p| p.creator == creator).and_then(|pending| {
-            let planned = pending.plan.as_ref()?.get(pending.next)?;
-            if Some(planned.facts) != MemoryFacts::of(ty) {
+            let plan = pending.plan.as_ref()?;
+            let planned = plan.get(pending.next).filter(|p| Some(p.facts) == MemoryFacts::of(ty));
+            if planned.is_none() || pending.diverged {
+                pending.diverged |= pending.strict;
                 return None;
             }
             pending.next += 1;
-            Some(planned)
+            planned
         });
         f(planned)
     })
@@ -204,5 +220,28 @@ mod tests {
         // The plan came back to its owner, unserved.
         assert_eq!(pending.finish(), Err((0, 1)));
         assert!(pending.run(|| with_image(7, &ty, |image| image.is_some())));
+    }
+
+    #[test]
+    fn a_strict_plan_fails_at_the_first_unforeseen_request() {
+        let ty = MemoryType::new(1, None);
+        let other = MemoryType::new(2, None);
+        let two: Arc<[MemoryPlan]> = plan(&ty).iter().chain(plan(&ty).iter()).cloned().collect();
+        // Lenient: a request of another type is served plain, the plan goes on.
+        let mut lenient = Pending::new(7, two.clone());
+        let served = lenient.run(|| [&other, &ty, &ty].map(|t| with_image(7, t, |image| image.is_some())));
+        assert_eq!((served, lenient.finish()), ([false, true, true], Ok(())));
+        // Strict: the same request ends the plan; nothing after it gets an image.
+        let mut strict = Pending::strict(7, two.clone());
+        let served = strict.run(|| [&ty, &other, &ty].map(|t| with_image(7, t, |image| image.is_some())));
+        assert_eq!((served, strict.finish()), ([true, false, false], Err((1, 2))));
+        // Strict: a request past the end of the plan fails it too.
+        let mut strict = Pending::strict(7, two);
+        let served = strict.run(|| [&ty, &ty, &ty].map(|t| with_image(7, t, |image| image.is_some())));
+        assert_eq!((served, strict.finish()), ([true, true, false], Err((2, 2))));
+        // Another creator's requests are not this plan's business.
+        let mut strict = Pending::strict(7, plan(&ty));
+        let served = strict.run(|| [with_image(8, &other, |i| i.is_some()), with_image(7, &ty, |i| i.is_some())]);
+        assert_eq!((served, strict.finish()), ([false, true], Ok(())));
     }
 }

@@ -24,6 +24,7 @@
 //! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
 //! ```
 
+pub mod component;
 mod creator;
 mod engine;
 mod error;
@@ -38,6 +39,7 @@ pub mod rewrite;
 mod slot;
 pub mod state;
 
+pub use component::{PreparedComponent, PreparedComponentInstancePre};
 pub use creator::{CreatorConfig, CreatorStats, FrameMemoryCreator};
 pub use engine::{configure, engine};
 pub use error::{Error, Result};

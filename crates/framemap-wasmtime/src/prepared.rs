@@ -363,28 +363,14 @@ impl PreparedModule {
     }
 
     fn run(&self, instantiate: impl FnOnce() -> wasmtime::Result<Instance>) -> wasmtime::Result<Instance> {
-        match self.pending() {
-            None => instantiate(),
-            Some(mut pending) => {
-                let instance = pending.run(instantiate)?;
-                check_served(&pending)?;
-                Ok(instance)
-            }
-        }
+        run_planned(self.pending(), instantiate)
     }
 
     async fn run_async(
         &self,
         instantiate: impl Future<Output = wasmtime::Result<Instance>>,
     ) -> wasmtime::Result<Instance> {
-        match self.pending() {
-            None => instantiate.await,
-            Some(mut pending) => {
-                let instance = WithPlan::new(instantiate, &mut pending).await?;
-                check_served(&pending)?;
-                Ok(instance)
-            }
-        }
+        run_planned_async(self.pending(), instantiate).await
     }
 }
 
@@ -491,7 +477,7 @@ fn restore_globals(
 }
 
 /// The type facts of a planned memory.
-fn facts(memory: &MemoryInit) -> MemoryFacts {
+pub(crate) fn facts(memory: &MemoryInit) -> MemoryFacts {
     MemoryFacts {
         minimum_bytes: memory.minimum_bytes,
         maximum_bytes: memory.maximum_bytes,
@@ -502,14 +488,40 @@ fn facts(memory: &MemoryInit) -> MemoryFacts {
 }
 
 /// The image of a memory's cut segments (`None` if it has none).
-fn segments_image(memory: &MemoryInit) -> Result<Option<Image>> {
+pub(crate) fn segments_image(memory: &MemoryInit) -> Result<Option<Image>> {
     let Some(end) = memory.segments.iter().map(|(o, b)| o + b.len() as u64).max() else { return Ok(None) };
     Image::from_segments(end, memory.segments.iter().map(|(o, b)| (*o, b.as_slice())))
         .map(Some)
         .map_err(|source| Error::Image { memory: memory.memory_index, source })
 }
 
-fn check_served(pending: &Pending) -> wasmtime::Result<()> {
+/// Runs the synchronous instantiation `instantiate` with `pending`
+/// installed (if there is a plan), then checks that every planned memory
+/// was served.
+pub(crate) fn run_planned<R>(
+    pending: Option<Pending>,
+    instantiate: impl FnOnce() -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
+    let Some(mut pending) = pending else { return instantiate() };
+    let instantiated = pending.run(instantiate)?;
+    check_served(&pending)?;
+    Ok(instantiated)
+}
+
+/// The asynchronous [`run_planned`]: the plan is installed around every
+/// poll of `instantiate`.
+pub(crate) async fn run_planned_async<R>(
+    pending: Option<Pending>,
+    instantiate: impl Future<Output = wasmtime::Result<R>>,
+) -> wasmtime::Result<R> {
+    let Some(mut pending) = pending else { return instantiate.await };
+    let instantiated = WithPlan::new(instantiate, &mut pending).await?;
+    check_served(&pending)?;
+    Ok(instantiated)
+}
+
+/// Fails unless every planned memory was served, in order.
+pub(crate) fn check_served(pending: &Pending) -> wasmtime::Result<()> {
     pending.finish().map_err(|(served, planned)| wasmtime::Error::new(Error::ImagesNotServed { served, planned }))
 }
 
@@ -522,20 +534,25 @@ fn check_served(pending: &Pending) -> wasmtime::Result<()> {
 /// does not validate without wasmparser's GC types (nor exceptions, whose
 /// objects live in the GC heap).
 fn gc_heap_ambiguity(wasm: &[u8], plan: &[MemoryPlan], first_memory: u32) -> Option<NotPrepared> {
-    use wasmparser::{Validator, WasmFeatures};
     let first = plan.first()?.facts;
     let gc_shaped = !first.memory64 && !first.shared && first.maximum_bytes.is_none() && first.page_size_log2 == 16;
-    if !gc_shaped {
-        return None;
+    match gc_shaped && may_need_gc_heap(wasm) {
+        true => Some(NotPrepared::GcHeapShapedMemory { memory: first_memory }),
+        false => None,
     }
+}
+
+/// Whether instantiating the core module `wasm` may allocate a GC heap: as
+/// wasmtime's engines without a collector decide it, the module does not
+/// validate without wasmparser's GC types (nor exceptions, whose objects
+/// live in the GC heap).
+pub(crate) fn may_need_gc_heap(wasm: &[u8]) -> bool {
+    use wasmparser::{Validator, WasmFeatures};
     let without_gc = WasmFeatures::all()
         - WasmFeatures::GC_TYPES
         - WasmFeatures::GC
         - WasmFeatures::EXCEPTIONS
         - WasmFeatures::LEGACY_EXCEPTIONS
         - WasmFeatures::STACK_SWITCHING;
-    match Validator::new_with_features(without_gc).validate_all(wasm) {
-        Ok(_) => None,
-        Err(_) => Some(NotPrepared::GcHeapShapedMemory { memory: first_memory }),
-    }
+    Validator::new_with_features(without_gc).validate_all(wasm).is_err()
 }

@@ -1,0 +1,254 @@
+//! [`PreparedComponent`]: components instantiated from copy-on-write images.
+//!
+//! A component's core modules are prepared one by one as
+//! [`PreparedModule`](crate::PreparedModule) prepares a module
+//! ([`crate::rewrite::prepare`]): each module's active data segments are cut
+//! into one [`Image`] per defined memory and turned into empty passive
+//! segments, and the component is re-encoded around the rewritten modules
+//! (every other section is copied byte for byte). wasmtime hands a
+//! component's core memories to the [`FrameMemoryCreator`] one core
+//! instantiation after another, in the order [`shape`] replays from the
+//! component's structure; instantiating through this type installs a
+//! *strict* plan of those memories (see [`crate::image_plan`]): each request
+//! must be the next planned memory, of the planned type, or the
+//! instantiation fails. An image goes to the memory it was cut for, or
+//! nothing is instantiated: never a memory with another module's data.
+//!
+//! A module that cannot be cut (see [`NotPrepared`]) stays unchanged inside
+//! the component: its memories are planned without an image and wasmtime
+//! copies its data segments as usual. A component whose core instantiation
+//! order cannot be replayed exactly, or whose modules may need a GC heap
+//! (which wasmtime allocates through the same creator, at a point the plan
+//! cannot foresee), is compiled unchanged and instantiates exactly as with
+//! plain wasmtime; [`PreparedComponent::not_prepared`] says why.
+
+mod encode;
+mod shape;
+
+pub use shape::OrderUnknown;
+
+use crate::creator::FrameMemoryCreator;
+use crate::error::{Error, Result};
+use crate::image_plan::{MemoryPlan, Pending};
+use crate::prepared::{facts, may_need_gc_heap, run_planned, run_planned_async, segments_image};
+use crate::rewrite::{NotPrepared, Preparation, defined_memories, prepare};
+use shape::ComponentShape;
+use std::sync::Arc;
+use wasmtime::component::{Component, Instance, InstancePre, Linker};
+use wasmtime::{AsContextMut, Engine};
+
+/// Why a component was compiled unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComponentNotPrepared {
+    /// No core module of the component has data to cut.
+    #[error("no core module of the component has an active data segment to cut")]
+    NothingToCut,
+    /// The order in which wasmtime creates the component's core memories
+    /// cannot be replayed exactly.
+    #[error("the order of the component's core instantiations is not known: {0}")]
+    Order(#[from] OrderUnknown),
+    /// A core module may need a GC heap, which wasmtime allocates through the
+    /// memory creator at a point a plan cannot foresee.
+    #[error("core module {module} may need a GC heap, whose allocation a plan cannot foresee")]
+    GcHeap {
+        /// The module (module sections numbered in document order).
+        module: usize,
+    },
+    /// A core memory's size in bytes overflows.
+    #[error("a memory of core module {module} has a minimum size that does not fit in 64 bits")]
+    MemoryTooLarge {
+        /// The module (module sections numbered in document order).
+        module: usize,
+    },
+    /// The engine rejects the re-encoded component although it accepts the
+    /// original (its cut segments are passive, which needs bulk memory).
+    #[error("the engine rejects the rewritten component: {message}")]
+    RewriteRejected {
+        /// The engine's compilation error.
+        message: String,
+    },
+}
+
+/// A component compiled for instantiation from images, bound to the
+/// [`FrameMemoryCreator`] installed in its engine.
+#[derive(Clone, Debug)]
+pub struct PreparedComponent {
+    component: Component,
+    creator: Arc<FrameMemoryCreator>,
+    /// Every core memory wasmtime creates for one instantiation, in order;
+    /// `None` if the component is not prepared.
+    plan: Option<Arc<[MemoryPlan]>>,
+    not_prepared: Option<ComponentNotPrepared>,
+    /// The core modules left unchanged inside a prepared component, and why.
+    unprepared_modules: Vec<(usize, NotPrepared)>,
+}
+
+impl PreparedComponent {
+    /// Prepares and compiles the component `wasm` (binary or text) for
+    /// `engine`, whose `Config` must have `creator` installed with
+    /// [`crate::configure`] and the component model enabled.
+    pub fn new(
+        creator: &Arc<FrameMemoryCreator>,
+        engine: &Engine,
+        wasm: impl AsRef<[u8]>,
+    ) -> Result<PreparedComponent> {
+        let binary = wat::parse_bytes(wasm.as_ref()).map_err(|e| Error::InvalidComponent(e.to_string()))?;
+        let invalid = |e: &dyn std::fmt::Display| Error::InvalidComponent(e.to_string());
+        let compile =
+            |bytes: &[u8]| Component::new(engine, bytes).map_err(|e| Error::InvalidComponent(format!("{e:#}")));
+        if !wasmparser::Parser::is_component(&binary) {
+            return Err(Error::InvalidComponent("the bytes are a core module, not a component".into()));
+        }
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&binary)
+            .map_err(|e| invalid(&e))?;
+        let unchanged = |reason| -> Result<PreparedComponent> {
+            Ok(PreparedComponent {
+                component: compile(&binary)?,
+                creator: creator.clone(),
+                plan: None,
+                not_prepared: Some(reason),
+                unprepared_modules: Vec::new(),
+            })
+        };
+        let shape = ComponentShape::scan(&binary).map_err(|e| invalid(&e))?;
+        let order = match shape.order {
+            Ok(order) => order,
+            Err(reason) => return unchanged(reason.into()),
+        };
+        let mut cut = Vec::with_capacity(shape.modules.len());
+        let mut plans = Vec::with_capacity(shape.modules.len());
+        let mut unprepared_modules = Vec::new();
+        for (index, range) in shape.modules.iter().enumerate() {
+            let module = binary.get(range.clone()).ok_or_else(|| invalid(&"a module section is out of bounds"))?;
+            if may_need_gc_heap(module) {
+                return unchanged(ComponentNotPrepared::GcHeap { module: index });
+            }
+            let (rewritten, memories) = match prepare(module).map_err(|e| invalid(&e))? {
+                Preparation::Prepared(prepared) => (Some(prepared.wasm), prepared.memories),
+                Preparation::Unprepared { reason } => {
+                    let memories = defined_memories(module).map_err(|e| invalid(&e))?;
+                    let Some(memories) = memories else {
+                        return unchanged(ComponentNotPrepared::MemoryTooLarge { module: index });
+                    };
+                    if reason != NotPrepared::NoDataSegments {
+                        unprepared_modules.push((index, reason));
+                    }
+                    (None, memories)
+                }
+            };
+            let mut plan = Vec::with_capacity(memories.len());
+            for memory in &memories {
+                plan.push(MemoryPlan { facts: facts(memory), image: segments_image(memory)?, snapshot: None });
+            }
+            cut.push(rewritten);
+            plans.push(plan);
+        }
+        if cut.iter().all(Option::is_none) {
+            return unchanged(ComponentNotPrepared::NothingToCut);
+        }
+        let wasm = encode::with_modules(&binary, &cut).map_err(|e| invalid(&e))?;
+        let plan: Arc<[MemoryPlan]> = order.iter().flat_map(|&module| plans[module].iter().cloned()).collect();
+        match Component::new(engine, &wasm) {
+            Ok(component) => Ok(PreparedComponent {
+                component,
+                creator: creator.clone(),
+                plan: Some(plan),
+                not_prepared: None,
+                unprepared_modules,
+            }),
+            Err(error) => {
+                let message = format!("{error:#}");
+                unchanged(ComponentNotPrepared::RewriteRejected { message })
+            }
+        }
+    }
+
+    /// The compiled component (prepared or, see
+    /// [`PreparedComponent::not_prepared`], unchanged). Instantiating it
+    /// directly rather than through this type gives its memories no images:
+    /// their data would be missing.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
+    /// Why the component is not prepared (`None` if it is).
+    pub fn not_prepared(&self) -> Option<&ComponentNotPrepared> {
+        self.not_prepared.as_ref()
+    }
+
+    /// The core modules of a prepared component left unchanged (numbered in
+    /// document order), and why: their memories get no image and wasmtime
+    /// copies their data at every instantiation.
+    pub fn unprepared_modules(&self) -> &[(usize, NotPrepared)] {
+        &self.unprepared_modules
+    }
+
+    /// How many core memories one instantiation creates with a plan (`0` if
+    /// the component is not prepared).
+    pub fn planned_memories(&self) -> usize {
+        self.plan.as_deref().map_or(0, <[MemoryPlan]>::len)
+    }
+
+    /// Instantiates the component in `store`, with imports from `linker`.
+    pub fn instantiate<T: 'static>(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        linker: &Linker<T>,
+    ) -> wasmtime::Result<Instance> {
+        run_planned(self.pending(), || linker.instantiate(&mut store, &self.component))
+    }
+
+    /// Asynchronous [`PreparedComponent::instantiate`] (for a `Config` with
+    /// async support).
+    pub async fn instantiate_async<T: Send + 'static>(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        linker: &Linker<T>,
+    ) -> wasmtime::Result<Instance> {
+        run_planned_async(self.pending(), linker.instantiate_async(&mut store, &self.component)).await
+    }
+
+    /// Resolves imports with `linker` once, for many fast instantiations.
+    pub fn instance_pre<T: 'static>(&self, linker: &Linker<T>) -> wasmtime::Result<PreparedComponentInstancePre<T>> {
+        Ok(PreparedComponentInstancePre { pre: linker.instantiate_pre(&self.component)?, prepared: self.clone() })
+    }
+
+    fn pending(&self) -> Option<Pending> {
+        self.plan.as_ref().map(|plan| Pending::strict(self.creator.id(), plan.clone()))
+    }
+}
+
+/// A [`PreparedComponent`] whose imports are resolved: the fastest way to
+/// instantiate it many times.
+pub struct PreparedComponentInstancePre<T: 'static> {
+    pre: InstancePre<T>,
+    prepared: PreparedComponent,
+}
+
+impl<T: 'static> Clone for PreparedComponentInstancePre<T> {
+    fn clone(&self) -> Self {
+        PreparedComponentInstancePre { pre: self.pre.clone(), prepared: self.prepared.clone() }
+    }
+}
+
+impl<T: 'static> PreparedComponentInstancePre<T> {
+    /// Instantiates the component in `store`.
+    pub fn instantiate(&self, mut store: impl AsContextMut<Data = T>) -> wasmtime::Result<Instance> {
+        run_planned(self.prepared.pending(), || self.pre.instantiate(&mut store))
+    }
+
+    /// Asynchronous [`PreparedComponentInstancePre::instantiate`].
+    pub async fn instantiate_async(&self, mut store: impl AsContextMut<Data = T>) -> wasmtime::Result<Instance>
+    where
+        T: Send,
+    {
+        run_planned_async(self.prepared.pending(), self.pre.instantiate_async(&mut store)).await
+    }
+
+    /// The prepared component.
+    pub fn prepared(&self) -> &PreparedComponent {
+        &self.prepared
+    }
+}
