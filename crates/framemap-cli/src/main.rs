@@ -7,6 +7,7 @@
 mod bench;
 mod inspect;
 mod run;
+mod run_component;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -29,7 +30,8 @@ struct Cli {
 /// The `framemap` subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a WASI preview1 command module (.wasm or .wat) on framemap memories.
+    /// Run a WASI preview1 command module (.wasm or .wat) or a preview 2
+    /// command component on framemap memories.
     Run(run::RunArgs),
     /// Benchmark framemap against wasmtime's allocators (instantiation,
     /// footprint, guest speed) on a built-in workload or on --module.

@@ -1,4 +1,5 @@
-//! `framemap run`: execute a WASI preview1 command module on framemap memories.
+//! `framemap run`: execute a WASI preview1 command module on framemap memories
+//! (preview 2 command components go to [`crate::run_component`]).
 //!
 //! The module (`.wasm` binary or `.wat` text) is compiled by an engine whose
 //! [`Config`] was prepared by [`framemap_wasmtime::configure`], so every
@@ -24,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use framemap::snapshot::{Durability, Snapshot, SnapshotWriter};
 use framemap_wasmtime::{FrameMemoryCreator, PreparedModule};
-use wasmtime::{Config, Engine, ExternType, Instance, Linker, Module, Store, Trap, WasmBacktrace};
+use wasmtime::{Config, Engine, ExternType, Instance, Linker, Module, Store, Trap, Val, ValType, WasmBacktrace};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
@@ -57,12 +58,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "EXPORT", requires = "snapshot_out")]
     pub init: Option<String>,
 
+    /// Call EXPORT instead of `_start`, with the arguments after MODULE as
+    /// its parameters (numbers: i32, i64, f32, f64), and print each result
+    /// on a line of stdout.
+    #[arg(long, value_name = "EXPORT", conflicts_with_all = ["init", "restore", "snapshot_out"])]
+    pub invoke: Option<String>,
+
     /// Start from the snapshot in FILE (written by `--snapshot-out` for the
     /// same module) instead of a fresh instance, then run `_start`.
     #[arg(long, value_name = "FILE", conflicts_with = "init")]
     pub restore: Option<PathBuf>,
 
-    /// The WASI command module to run (`.wasm` binary or `.wat` text),
+    /// The WASI command to run: a preview 1 module (`.wasm` binary or `.wat`
+    /// text) or a preview 2 command component (`.wasm`),
     /// followed by the arguments passed to the guest after its own name.
     /// Everything after MODULE goes to the guest, even if it looks like a
     /// flag: put framemap's own flags before MODULE.
@@ -113,6 +121,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let mut config = Config::new();
     framemap_wasmtime::configure(&mut config, Arc::clone(&creator));
     let engine = Engine::new(&config).map_err(anyhow::Error::from).context("failed to create the wasmtime engine")?;
+    if crate::run_component::is_component(args.module())? {
+        return crate::run_component::run(&creator, &engine, &args);
+    }
 
     let snapshots = args.snapshot_out.is_some() || args.restore.is_some();
     let prepared = match snapshots {
@@ -123,7 +134,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         Some(prepared) => prepared.module().clone(),
         None => load_module(&engine, args.module())?,
     };
-    if args.init.is_none() {
+    if args.init.is_none() && args.invoke.is_none() {
         check_command(&module, &args)?;
     }
 
@@ -134,7 +145,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let mut store = Store::new(&engine, wasi);
     let outcome = match &prepared {
         Some(prepared) => execute_with_snapshots(&mut store, &linker, prepared, &args),
-        None => execute(&mut store, &linker, &module),
+        None => match &args.invoke {
+            Some(export) => invoke(&mut store, &linker, &module, export, &args.module_and_args[1..]),
+            None => execute(&mut store, &linker, &module),
+        },
     };
     if args.stats {
         // Memories belong to the store: report while it is still alive.
@@ -233,8 +247,14 @@ fn check_command(module: &Module, args: &RunArgs) -> Result<()> {
     }
 }
 
-/// Builds the guest's WASI context: stdio, arguments, environment, preopens.
+/// Builds the guest's preview 1 WASI context.
 fn build_wasi(args: &RunArgs) -> Result<WasiP1Ctx> {
+    Ok(wasi_builder(args)?.build_p1())
+}
+
+/// The guest's WASI context, preview 1 or 2: stdio, arguments, environment,
+/// preopens.
+pub(crate) fn wasi_builder(args: &RunArgs) -> Result<WasiCtxBuilder> {
     let mut builder = WasiCtxBuilder::new();
     builder.inherit_stdio().allow_blocking_current_thread(true);
     // argv = [MODULE as given on the command line, ARGS...]
@@ -246,7 +266,7 @@ fn build_wasi(args: &RunArgs) -> Result<WasiP1Ctx> {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("failed to preopen `--dir {}::{}`", dir.host.display(), dir.guest))?;
     }
-    Ok(builder.build_p1())
+    Ok(builder)
 }
 
 /// Instantiates `module` and calls its `_start`, mapping the outcome to an
@@ -266,9 +286,65 @@ fn execute(store: &mut Store<WasiP1Ctx>, linker: &Linker<WasiP1Ctx>, module: &Mo
     }
 }
 
+/// Instantiates `module`, calls its export `name` with `params` parsed as
+/// its parameter types, and prints the results, one per line.
+fn invoke(
+    store: &mut Store<WasiP1Ctx>,
+    linker: &Linker<WasiP1Ctx>,
+    module: &Module,
+    name: &str,
+    params: &[String],
+) -> Result<u8> {
+    let instance = linker
+        .instantiate(&mut *store, module)
+        .map_err(anyhow::Error::from)
+        .context("failed to instantiate the module")?;
+    let Some(func) = instance.get_func(&mut *store, name) else {
+        bail!("`--invoke {name}`: the module exports no function `{name}`");
+    };
+    let ty = func.ty(&*store);
+    if ty.params().len() != params.len() {
+        bail!("`--invoke {name}` takes {} argument(s), {} given", ty.params().len(), params.len());
+    }
+    let values = ty.params().zip(params).map(|(ty, text)| parse_value(&ty, text)).collect::<Result<Vec<_>>>()?;
+    let mut results = vec![Val::I32(0); ty.results().len()];
+    if let Err(err) = func.call(&mut *store, &values, &mut results) {
+        return guest_failure(err);
+    }
+    for result in results {
+        match result {
+            Val::I32(v) => println!("{v}"),
+            Val::I64(v) => println!("{v}"),
+            Val::F32(bits) => println!("{}", f32::from_bits(bits)),
+            Val::F64(bits) => println!("{}", f64::from_bits(bits)),
+            Val::V128(v) => println!("{:#034x}", v.as_u128()),
+            other => println!("{other:?}"),
+        }
+    }
+    Ok(0)
+}
+
+/// Parses one `--invoke` argument as a value of type `ty`.
+fn parse_value(ty: &ValType, text: &str) -> Result<Val> {
+    let bad = || format!("`--invoke` argument `{text}` is not a {ty}");
+    Ok(match ty {
+        ValType::I32 => Val::I32(match text.parse::<i32>() {
+            Ok(v) => v,
+            Err(_) => text.parse::<u32>().with_context(bad)? as i32,
+        }),
+        ValType::I64 => Val::I64(match text.parse::<i64>() {
+            Ok(v) => v,
+            Err(_) => text.parse::<u64>().with_context(bad)? as i64,
+        }),
+        ValType::F32 => Val::F32(text.parse::<f32>().with_context(bad)?.to_bits()),
+        ValType::F64 => Val::F64(text.parse::<f64>().with_context(bad)?.to_bits()),
+        _ => bail!("`--invoke` cannot pass a {ty} from the command line"),
+    })
+}
+
 /// Classifies an error raised while the guest runs: a WASI exit, a trap, or
 /// some other host-side failure.
-fn guest_failure(err: wasmtime::Error) -> Result<u8> {
+pub(crate) fn guest_failure(err: wasmtime::Error) -> Result<u8> {
     if let Some(&I32Exit(status)) = err.downcast_ref::<I32Exit>() {
         // WASI preview1 restricts `proc_exit` statuses to [0, 126).
         return match u8::try_from(status) {
@@ -303,7 +379,7 @@ impl fmt::Display for TrapLocation<'_> {
 }
 
 /// Prints the creator's frame report for every live memory to stderr.
-fn print_stats(creator: &FrameMemoryCreator) {
+pub(crate) fn print_stats(creator: &FrameMemoryCreator) {
     let reports = creator.live_reports();
     eprintln!("framemap: stats: {} live frame report(s)", reports.len());
     for report in reports {
