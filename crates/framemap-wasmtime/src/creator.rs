@@ -292,6 +292,16 @@ impl CreatorShared {
     }
 
     /// A handle to the memory at `base`, if a slot of this creator serves one.
+    /// A handle to the memory at `base` if its slot still serves
+    /// `generation` (the memory a plan recorded).
+    fn handle_of(&self, base: usize, generation: u64, owner: Owner) -> Result<MemoryHandle> {
+        let slot = lock(&self.slots).get(&base).and_then(Weak::upgrade).ok_or(Error::NotFramemap { base })?;
+        if slot.lock().current() != Some(generation) {
+            return Err(Error::NotFramemap { base });
+        }
+        Ok(MemoryHandle::new(&slot, generation, owner))
+    }
+
     fn handle(&self, base: usize, owner: Owner) -> Result<MemoryHandle> {
         let slot = lock(&self.slots).get(&base).and_then(Weak::upgrade).ok_or(Error::NotFramemap { base })?;
         let generation = slot.lock().current().ok_or(Error::NotFramemap { base })?;
@@ -399,6 +409,12 @@ impl FrameMemoryCreator {
         self.shared.handle(memory.data_ptr(store) as usize, owner)
     }
 
+    /// A handle to the memory a plan recorded as (base, generation), owned
+    /// by `store` (the caller instantiated it there).
+    pub(crate) fn handle_of(&self, store: &impl AsContext, identity: (usize, u64)) -> Result<MemoryHandle> {
+        self.shared.handle_of(identity.0, identity.1, Owner::of_store(store))
+    }
+
     /// A handle to a shared `memory` created by this creator.
     pub fn handle_shared(&self, memory: &SharedMemory) -> Result<MemoryHandle> {
         self.shared.handle(memory.data().as_ptr() as usize, Owner::Shared)
@@ -452,7 +468,8 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
         .map_err(|e| e.to_string())?;
         let minimum = minimum as u64;
         let maximum = maximum.map(|m| m as u64);
-        let memory = image_plan::with_plan(Arc::as_ptr(&self.shared) as usize, &ty, |planned| {
+        let creator = Arc::as_ptr(&self.shared) as usize;
+        let memory = image_plan::with_plan(creator, &ty, |planned| {
             if let Some(start) = planned.and_then(|p| p.snapshot.as_ref()) {
                 let serving = self.shared.acquire_snapshot(key, minimum, maximum, start).map_err(|e| e.to_string())?;
                 let backing = Some(start.snapshot.backing_id());
@@ -462,6 +479,7 @@ unsafe impl wasmtime::MemoryCreator for FrameMemoryCreator {
             let serving = self.shared.acquire(key, minimum, image).map_err(|e| e.to_string())?;
             Ok::<_, String>(FrameMemory::new(serving, self.shared.clone(), image.map(Image::id)))
         })?;
+        image_plan::note_served(creator, memory.identity());
         Ok(Box::new(memory))
     }
 }

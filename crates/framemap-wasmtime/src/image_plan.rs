@@ -83,6 +83,9 @@ pub(crate) struct Pending {
     strict: bool,
     /// A strict plan met a request it did not foresee.
     diverged: bool,
+    /// For a strict plan: each memory served, as (slot base, generation),
+    /// in order.
+    served: Vec<(usize, u64)>,
 }
 
 thread_local! {
@@ -103,6 +106,7 @@ impl Drop for Installed<'_> {
             self.owner.plan = after.plan;
             self.owner.next = after.next;
             self.owner.diverged = after.diverged;
+            self.owner.served = after.served;
         }
     }
 }
@@ -110,7 +114,7 @@ impl Drop for Installed<'_> {
 impl Pending {
     pub fn new(creator: usize, plan: Arc<[MemoryPlan]>) -> Pending {
         let len = plan.len();
-        Pending { creator, plan: Some(plan), next: 0, len, strict: false, diverged: false }
+        Pending { creator, plan: Some(plan), next: 0, len, strict: false, diverged: false, served: Vec::new() }
     }
 
     /// A strict plan: every memory request of `creator` while it is
@@ -122,10 +126,24 @@ impl Pending {
     /// Runs `f` with this plan installed for the current thread (moved there
     /// and back: no copy, and restored even if `f` panics).
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let plan = Pending { plan: self.plan.take(), ..*self };
+        let plan = Pending {
+            plan: self.plan.take(),
+            served: std::mem::take(&mut self.served),
+            creator: self.creator,
+            next: self.next,
+            len: self.len,
+            strict: self.strict,
+            diverged: self.diverged,
+        };
         let previous = PENDING.replace(Some(plan));
         let _installed = Installed { owner: self, previous };
         f()
+    }
+
+    /// The memories a strict plan served, as (slot base, generation), in
+    /// plan order.
+    pub fn served(&self) -> &[(usize, u64)] {
+        &self.served
     }
 
     /// Whether every planned memory was served; otherwise how many were.
@@ -159,6 +177,16 @@ pub(crate) fn with_plan<R>(creator: usize, ty: &MemoryType, f: impl FnOnce(Optio
         });
         f(planned)
     })
+}
+
+/// Called by the creator after it made a memory for a request: a strict
+/// plan of `creator` installed on this thread records it.
+pub(crate) fn note_served(creator: usize, identity: (usize, u64)) {
+    PENDING.with_borrow_mut(|pending| {
+        if let Some(pending) = pending.as_mut().filter(|p| p.creator == creator && p.strict) {
+            pending.served.push(identity);
+        }
+    });
 }
 
 /// A future that installs its plan around every poll of `inner`.

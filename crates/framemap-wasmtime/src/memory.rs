@@ -56,6 +56,11 @@ impl FrameMemory {
             image,
         }
     }
+
+    /// The memory's identity: its slot's base and the generation it serves.
+    pub(crate) fn identity(&self) -> (usize, u64) {
+        (self.base, self.generation)
+    }
 }
 
 // SAFETY: `as_ptr` is the base of a reservation of `capacity + guard` bytes

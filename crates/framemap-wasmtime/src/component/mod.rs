@@ -22,17 +22,22 @@
 //! cannot foresee), is compiled unchanged and instantiates exactly as with
 //! plain wasmtime; [`PreparedComponent::not_prepared`] says why.
 
+mod accessors;
+mod build;
 mod encode;
 mod shape;
+mod snapshot;
 
+pub use accessors::{component_getter, component_setter};
 pub use shape::OrderUnknown;
+pub use snapshot::{TrackedInstance, global_name, memory_name};
 
 use crate::creator::FrameMemoryCreator;
-use crate::error::{Error, Result};
-use crate::image_plan::{MemoryPlan, Pending};
-use crate::prepared::{facts, may_need_gc_heap, run_planned, run_planned_async, segments_image};
-use crate::rewrite::{NotPrepared, Preparation, defined_memories, prepare};
-use shape::ComponentShape;
+use crate::error::Result;
+use crate::image_plan::{MemoryFacts, MemoryPlan, Pending};
+use crate::prepared::{run_planned, run_planned_async};
+use crate::rewrite::NotPrepared;
+use accessors::Accessed;
 use std::sync::Arc;
 use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{AsContextMut, Engine};
@@ -82,6 +87,23 @@ pub struct PreparedComponent {
     not_prepared: Option<ComponentNotPrepared>,
     /// The core modules left unchanged inside a prepared component, and why.
     unprepared_modules: Vec<(usize, NotPrepared)>,
+    /// What instance snapshots need, for a component made with
+    /// [`PreparedComponent::with_snapshots`].
+    snapshots: Option<Arc<ComponentSnapshots>>,
+}
+
+/// What capturing and restoring instances of a component needs.
+#[derive(Debug)]
+struct ComponentSnapshots {
+    /// The component restores instantiate: no core start function, no
+    /// active data.
+    restore: Component,
+    /// The root core instances whose mutable globals are lifted, by index.
+    lifted: Vec<(u32, Vec<Accessed>)>,
+    /// Why a capture would not be faithful (empty: none).
+    blockers: Vec<String>,
+    /// The type facts of every planned memory, in plan order.
+    facts: Vec<MemoryFacts>,
 }
 
 impl PreparedComponent {
@@ -93,76 +115,7 @@ impl PreparedComponent {
         engine: &Engine,
         wasm: impl AsRef<[u8]>,
     ) -> Result<PreparedComponent> {
-        let binary = wat::parse_bytes(wasm.as_ref()).map_err(|e| Error::InvalidComponent(e.to_string()))?;
-        let invalid = |e: &dyn std::fmt::Display| Error::InvalidComponent(e.to_string());
-        let compile =
-            |bytes: &[u8]| Component::new(engine, bytes).map_err(|e| Error::InvalidComponent(format!("{e:#}")));
-        if !wasmparser::Parser::is_component(&binary) {
-            return Err(Error::InvalidComponent("the bytes are a core module, not a component".into()));
-        }
-        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
-            .validate_all(&binary)
-            .map_err(|e| invalid(&e))?;
-        let unchanged = |reason| -> Result<PreparedComponent> {
-            Ok(PreparedComponent {
-                component: compile(&binary)?,
-                creator: creator.clone(),
-                plan: None,
-                not_prepared: Some(reason),
-                unprepared_modules: Vec::new(),
-            })
-        };
-        let shape = ComponentShape::scan(&binary).map_err(|e| invalid(&e))?;
-        let order = match shape.order {
-            Ok(order) => order,
-            Err(reason) => return unchanged(reason.into()),
-        };
-        let mut cut = Vec::with_capacity(shape.modules.len());
-        let mut plans = Vec::with_capacity(shape.modules.len());
-        let mut unprepared_modules = Vec::new();
-        for (index, range) in shape.modules.iter().enumerate() {
-            let module = binary.get(range.clone()).ok_or_else(|| invalid(&"a module section is out of bounds"))?;
-            if may_need_gc_heap(module) {
-                return unchanged(ComponentNotPrepared::GcHeap { module: index });
-            }
-            let (rewritten, memories) = match prepare(module).map_err(|e| invalid(&e))? {
-                Preparation::Prepared(prepared) => (Some(prepared.wasm), prepared.memories),
-                Preparation::Unprepared { reason } => {
-                    let memories = defined_memories(module).map_err(|e| invalid(&e))?;
-                    let Some(memories) = memories else {
-                        return unchanged(ComponentNotPrepared::MemoryTooLarge { module: index });
-                    };
-                    if reason != NotPrepared::NoDataSegments {
-                        unprepared_modules.push((index, reason));
-                    }
-                    (None, memories)
-                }
-            };
-            let mut plan = Vec::with_capacity(memories.len());
-            for memory in &memories {
-                plan.push(MemoryPlan { facts: facts(memory), image: segments_image(memory)?, snapshot: None });
-            }
-            cut.push(rewritten);
-            plans.push(plan);
-        }
-        if cut.iter().all(Option::is_none) {
-            return unchanged(ComponentNotPrepared::NothingToCut);
-        }
-        let wasm = encode::with_modules(&binary, &cut).map_err(|e| invalid(&e))?;
-        let plan: Arc<[MemoryPlan]> = order.iter().flat_map(|&module| plans[module].iter().cloned()).collect();
-        match Component::new(engine, &wasm) {
-            Ok(component) => Ok(PreparedComponent {
-                component,
-                creator: creator.clone(),
-                plan: Some(plan),
-                not_prepared: None,
-                unprepared_modules,
-            }),
-            Err(error) => {
-                let message = format!("{error:#}");
-                unchanged(ComponentNotPrepared::RewriteRejected { message })
-            }
-        }
+        build::build(creator, engine, wasm.as_ref(), false)
     }
 
     /// The compiled component (prepared or, see

@@ -59,6 +59,13 @@ pub(crate) struct ComponentShape {
     /// The static modules in the order wasmtime instantiates them (a module
     /// instantiated twice appears twice).
     pub order: Result<Vec<usize>, OrderUnknown>,
+    /// The root component's core instances, by index: the static module
+    /// each instantiates (`None` for one made of exports, or of a module
+    /// that is not a definition of this file).
+    pub root_instances: Vec<Option<usize>>,
+    /// Whether a nested component (not the root) instantiates core modules:
+    /// its core instances are out of the root's reach.
+    pub nests: bool,
 }
 
 /// Nesting beyond which the replay gives up (wasmtime's own limits are
@@ -99,6 +106,8 @@ struct Body {
     modules: Vec<Slot>,
     components: Vec<Slot>,
     events: Vec<Event>,
+    /// The core instance index space: the module slot each instantiates.
+    core_instances: Vec<Option<Slot>>,
 }
 
 /// A frame of the parse: a component body, or a core module being skipped.
@@ -214,8 +223,13 @@ impl ComponentShape {
                 }
                 Payload::InstanceSection(reader) => {
                     for instance in reader {
-                        if let Instance::Instantiate { module_index, .. } = instance? {
-                            body.events.push(Event::Module(slot(&body.modules, module_index as usize)));
+                        match instance? {
+                            Instance::Instantiate { module_index, .. } => {
+                                let module = slot(&body.modules, module_index as usize);
+                                body.core_instances.push(Some(module.clone()));
+                                body.events.push(Event::Module(module));
+                            }
+                            Instance::FromExports(_) => body.core_instances.push(None),
                         }
                     }
                 }
@@ -252,7 +266,18 @@ impl ComponentShape {
             // Not a component: nothing is instantiated through this path.
             None => Ok(Vec::new()),
         };
-        Ok(ComponentShape { modules, order })
+        let root_instances = root
+            .map(|root| {
+                let statics = |slot: &Option<Slot>| match slot {
+                    Some(Slot::Static(id)) => Some(*id),
+                    _ => None,
+                };
+                bodies[root].core_instances.iter().map(statics).collect()
+            })
+            .unwrap_or_default();
+        let nests = (0..bodies.len())
+            .any(|id| Some(id) != root && bodies[id].events.iter().any(|e| matches!(e, Event::Module(..))));
+        Ok(ComponentShape { modules, order, root_instances, nests })
     }
 }
 
