@@ -7,14 +7,26 @@
 //! preview 1 module. Its `wasi:cli/run` export is called; as with
 //! `wasmtime run`, a return of `ok` is status 0 and `err` (including
 //! `exit(err)`, which is what a non-zero `std::process::exit` becomes without
-//! the unstable `exit-with-code`) status 1. Snapshots and `--invoke` are not
-//! available for components: asking for them is an error, not a silent run.
+//! the unstable `exit-with-code`) status 1. `--invoke` is not available for
+//! components: asking for it is an error, not a silent run.
+//!
+//! Snapshots work as for modules, through
+//! [`PreparedComponent::with_snapshots`]: `--init EXPORT --snapshot-out FILE`
+//! calls the component's export EXPORT (no parameters, no results) and writes
+//! every core memory and core global to FILE without running
+//! `wasi:cli/run`; `--snapshot-out FILE` alone writes them after a run that
+//! returned `ok`; `--restore FILE` starts from FILE, then runs. (A wasi-libc
+//! command records in memory that it has run, and traps if run again: a
+//! snapshot taken after its run restores into an instance that traps the
+//! same way, faithfully.)
 
 use std::io::Read as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
+use framemap::snapshot::{Durability, Snapshot, SnapshotWriter};
+use framemap_wasmtime::component::TrackedInstance;
 use framemap_wasmtime::{FrameMemoryCreator, PreparedComponent};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
@@ -42,6 +54,27 @@ pub fn is_component(path: &Path) -> Result<bool> {
     Ok(read == header.len() && header[..4] == *b"\0asm" && header[6..8] == [1, 0])
 }
 
+/// Captures `tracked` into the snapshot file `file`.
+fn write_snapshot(
+    store: &mut Store<Host>,
+    prepared: &PreparedComponent,
+    tracked: &TrackedInstance,
+    file: &Path,
+) -> Result<()> {
+    let context = || format!("cannot write the snapshot `{}`", file.display());
+    let mut writer = SnapshotWriter::to_path(file, Durability::Synced).with_context(context)?;
+    prepared.capture(&mut *store, tracked, &mut writer).with_context(context)?;
+    let info = writer.finish().with_context(context)?;
+    eprintln!(
+        "framemap: snapshot: wrote `{}` ({} data pages, {} bytes, id {})",
+        file.display(),
+        info.data_pages,
+        info.file_len,
+        info.id
+    );
+    Ok(())
+}
+
 /// The store's data: the preview 2 WASI context and its resource table.
 struct Host {
     ctx: WasiCtx,
@@ -57,32 +90,75 @@ impl WasiView for Host {
 /// Runs the command component named by `args`, returning its exit status.
 pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -> Result<u8> {
     let path = args.module();
-    if args.snapshot_out.is_some() || args.restore.is_some() || args.init.is_some() {
-        bail!("snapshots (`--snapshot-out`, `--init`, `--restore`) are not available for components yet");
-    }
     if args.invoke.is_some() {
         bail!("`--invoke` is not available for components yet: it calls a core module's export");
     }
     let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
-    let prepared = PreparedComponent::new(creator, engine, &bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("failed to load `{}`", path.display()))?;
+    let snapshots = args.snapshot_out.is_some() || args.restore.is_some();
+    let prepared = match snapshots {
+        true => PreparedComponent::with_snapshots(creator, engine, &bytes),
+        false => PreparedComponent::new(creator, engine, &bytes),
+    };
+    let prepared =
+        prepared.map_err(anyhow::Error::from).with_context(|| format!("failed to load `{}`", path.display()))?;
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     let ctx = wasi_builder(args)?.build();
     let mut store = Store::new(engine, Host { ctx, table: ResourceTable::new() });
-    let instance = prepared
-        .instantiate(&mut store, &linker)
-        .map_err(anyhow::Error::from)
-        .context("failed to instantiate the component")?;
-    let command = Command::new(&mut store, &instance).map_err(anyhow::Error::from).with_context(|| {
-        format!("`{}` is not a WASI command component: it does not export `wasi:cli/run`", path.display())
-    })?;
-    let outcome = match command.wasi_cli_run().call_run(&mut store) {
-        Ok(Ok(())) => Ok(0),
-        Ok(Err(())) => Ok(1),
-        Err(err) => guest_failure(err),
+    let tracked = match (&args.restore, snapshots) {
+        (Some(file), _) => {
+            let snapshot =
+                Snapshot::open(file).with_context(|| format!("cannot read the snapshot `{}`", file.display()))?;
+            let restored = prepared.instantiate_snapshot(&mut store, &linker, &snapshot);
+            Some(
+                restored
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("cannot restore `{}`", file.display()))?,
+            )
+        }
+        (None, true) => Some(
+            prepared
+                .instantiate_tracked(&mut store, &linker)
+                .map_err(anyhow::Error::from)
+                .context("failed to instantiate the component")?,
+        ),
+        (None, false) => None,
     };
+    let instance = match &tracked {
+        Some(tracked) => tracked.instance(),
+        None => prepared
+            .instantiate(&mut store, &linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to instantiate the component")?,
+    };
+    let outcome = match &args.init {
+        Some(export) => {
+            let func = instance
+                .get_typed_func::<(), ()>(&mut store, export.as_str())
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("bad `{export}` export (it must take and return nothing)"))?;
+            match func.call(&mut store, ()) {
+                Ok(()) => Ok(0),
+                Err(err) => guest_failure(err),
+            }
+        }
+        None => {
+            let command = Command::new(&mut store, &instance).map_err(anyhow::Error::from).with_context(|| {
+                format!("`{}` is not a WASI command component: it does not export `wasi:cli/run`", path.display())
+            })?;
+            match command.wasi_cli_run().call_run(&mut store) {
+                Ok(Ok(())) => Ok(0),
+                Ok(Err(())) => Ok(1),
+                Err(err) => guest_failure(err),
+            }
+        }
+    };
+    if let (Some(file), Some(tracked), Ok(code)) = (&args.snapshot_out, &tracked, &outcome) {
+        if *code != 0 {
+            bail!("guest exited with status {code}: no snapshot written");
+        }
+        write_snapshot(&mut store, &prepared, tracked, file)?;
+    }
     if args.stats {
         print_stats(creator);
     }

@@ -82,10 +82,6 @@ fn component_errors_are_one_line() {
 
     let line = one_line_error(&framemap(&["run", "--invoke", "run", &component()]));
     assert!(line.contains("`--invoke` is not available for components"), "{line}");
-    let snapshot = dir.join("s.snap");
-    let line = one_line_error(&framemap(&["run", "--snapshot-out", snapshot.to_str().expect("utf-8"), &component()]));
-    assert!(line.contains("not available for components"), "{line}");
-    assert!(!snapshot.exists());
 
     let truncated = dir.join("truncated.wasm");
     let bytes = std::fs::read(component()).expect("read");
@@ -121,5 +117,52 @@ fn invoke_calls_an_export_with_typed_arguments() {
     assert!(line.contains("exports no function `nope`"), "{line}");
     let line = one_line_error(&framemap(&["run", "--invoke", "boom", module]));
     assert!(line.contains("guest trapped"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A command component whose `run` succeeds only once `init` has run: it
+/// checks a word of its memory (initialised by a data segment) and a
+/// mutable global that `init` sets.
+const NEEDS_INIT: &str = r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (global $g (mut i32) (i32.const 0))
+    (data (i32.const 0) "\01\00\00\00")
+    (func (export "init") (i32.store (i32.const 0) (i32.const 41)) (global.set $g (i32.const 1)))
+    (func (export "run") (result i32)
+      (if (result i32) (i32.and (i32.eq (i32.load (i32.const 0)) (i32.const 41)) (i32.eq (global.get $g) (i32.const 1)))
+        (then (i32.const 0)) (else (i32.const 1)))))
+  (core instance $i (instantiate $m))
+  (func $init (canon lift (core func $i "init")))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $runinst (export "run" (func $run)))
+  (export "init" (func $init))
+  (export "wasi:cli/run@0.2.0" (instance $runinst)))"#;
+
+#[test]
+fn a_component_initialised_wizer_style_is_restored_by_run() {
+    let dir = scratch_dir("wizer");
+    let wasm = dir.join("needs-init.wasm");
+    std::fs::write(&wasm, wat::parse_str(NEEDS_INIT).expect("wat")).expect("write");
+    let wasm = wasm.to_str().expect("utf-8");
+    let snapshot = dir.join("init.snap");
+    let snapshot = snapshot.to_str().expect("utf-8");
+    // Without init, run fails (status 1).
+    assert_eq!(framemap(&["run", wasm]).status.code(), Some(1));
+    // init, then snapshot, without running.
+    let out = framemap(&["run", "--init", "init", "--snapshot-out", snapshot, wasm]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("framemap: snapshot: wrote"), "{out:?}");
+    // Restored: memory and global are init's, run succeeds.
+    let out = framemap(&["run", "--restore", snapshot, wasm]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // inspect shows the component's memory and global.
+    let out = framemap(&["inspect", snapshot]);
+    let text = stdout(&out);
+    assert!(text.contains("framemap:component:memory:0"), "{text}");
+    assert!(text.contains("framemap:component:instance:0:global:0"), "{text}");
+    // A snapshot of another component is a one-line error.
+    let line = one_line_error(&framemap(&["run", "--restore", snapshot, &component()]));
+    assert!(line.contains("cannot restore"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
