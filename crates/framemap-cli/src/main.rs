@@ -8,6 +8,7 @@ mod bench;
 mod inspect;
 mod run;
 mod run_component;
+mod serve;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     /// Benchmark framemap against wasmtime's allocators (instantiation,
     /// footprint, guest speed) on a built-in workload or on --module.
     Bench(bench::BenchArgs),
+    /// Serve HTTP with a wasi:http component: a new prepared instance on
+    /// recycled framemap memories per request.
+    Serve(serve::ServeArgs),
     /// Show what a snapshot file holds (memories, pages per source, parent,
     /// working set, globals) and whether its data matches its checksum.
     Inspect(inspect::InspectArgs),
@@ -48,6 +52,7 @@ impl Command {
             Command::Run(args) => run::run(args),
             Command::Bench(args) => bench::bench(args),
             Command::Inspect(args) => inspect::inspect(args),
+            Command::Serve(args) => serve::serve(args),
         }
     }
 }

@@ -104,7 +104,7 @@ fn parse_dir(value: &str) -> Result<DirMapping, String> {
 }
 
 /// Parses an `--env` value: `KEY=VALUE` with a non-empty `KEY`.
-fn parse_env(value: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((key, val)) if !key.is_empty() => Ok((key.to_owned(), val.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got `{value}`")),

@@ -1,0 +1,158 @@
+//! `framemap serve`: wasi:http requests answered by prepared instances on
+//! recycled memories, a request storm beyond the concurrency bound, a
+//! graceful shutdown, and components that cannot be served.
+//!
+//! The guests are `tests/guests/http_hello.wasm` and `http_image.wasm`
+//! (Rust `wasm32-wasip2`, rebuilt by `tests/guests/build.sh`).
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FRAMEMAP: &str = env!("CARGO_BIN_EXE_framemap");
+
+fn guest(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests").join(name).to_str().expect("utf-8").to_owned()
+}
+
+/// A running server and the address it listens on.
+struct Server {
+    child: Child,
+    addr: String,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Server {
+    fn start(extra: &[&str], component: &str) -> Server {
+        let mut child = Command::new(FRAMEMAP)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .arg(component)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn framemap serve");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("first stderr line");
+        let addr = line
+            .trim()
+            .strip_prefix("framemap: serve: listening on http://")
+            .and_then(|rest| rest.strip_suffix('/'))
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Server { child, addr, stderr }
+    }
+
+    /// One GET over a new connection: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        get(&self.addr, path)
+    }
+
+    /// Sends SIGTERM and returns the exit status and the rest of stderr.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        let sent = unsafe { libc_kill(self.child.id() as i32, 15) };
+        assert_eq!(sent, 0, "kill");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).expect("stderr");
+        (status.code(), rest)
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, dechunk(&body))
+}
+
+/// The body of a chunked response (or the body itself if not chunked).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { return body.to_owned() };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    if out.is_empty() { body.to_owned() } else { out }
+}
+
+#[test]
+fn every_request_gets_a_fresh_instance_from_the_image() {
+    let hello = Server::start(&[], &guest("http_hello.wasm"));
+    assert_eq!(hello.get("/"), (200, "hello from wasi:http\n".to_owned()));
+    let (status, stderr) = hello.terminate();
+    assert_eq!(status, Some(0), "{stderr}");
+
+    let image = Server::start(&["--max-concurrency", "2"], &guest("http_image.wasm"));
+    // Each request writes 16 pages; the checksum it reports is taken
+    // before, so every instance (on recycled slots) must see the image.
+    let first = image.get("/5");
+    assert_eq!(first.0, 200);
+    assert!(first.1.starts_with("image ") && first.1.ends_with(" page 5\n"), "{first:?}");
+    for page in [5, 9, 5, 63] {
+        let (status, body) = image.get(&format!("/{page}"));
+        assert_eq!(status, 200);
+        assert_eq!(body.split(' ').nth(1), first.1.split(' ').nth(1), "instance saw an earlier request's writes");
+    }
+    let (status, stderr) = image.terminate();
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+#[test]
+fn a_storm_beyond_the_bound_is_answered_and_the_server_survives() {
+    let server = Server::start(&["--max-concurrency", "1", "--max-queue", "2"], &guest("http_image.wasm"));
+    let addr = server.addr.clone();
+    let clients: Vec<_> = (0..48)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || get(&addr, &format!("/{i}")).0)
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert_eq!(server.get("/1").0, 200, "still serving after the storm");
+    let (status, stderr) = server.terminate();
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
+fn components_that_cannot_be_served_are_one_line_errors() {
+    let wasip2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../framemap-wasmtime/tests/guests/wasip2_command.wasm");
+    for (component, expected) in [
+        (wasip2.to_str().expect("utf-8").to_owned(), "is not a wasi:http component"),
+        ("/nonexistent.wasm".to_owned(), "failed to read"),
+    ] {
+        let out = Command::new(FRAMEMAP).args(["serve", "--addr", "127.0.0.1:0", &component]).output().expect("spawn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("framemap: error: ") && stderr.contains(expected), "{stderr}");
+    }
+}
