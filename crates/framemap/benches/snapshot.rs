@@ -15,6 +15,12 @@
 //! **Size.** The in-memory part for 7 dirty pages in a 1 MiB and a 1 GiB
 //! memory (target: within 1.5×).
 //!
+//! **Manifest size.** An incremental snapshot of a 1 GiB memory with 1000
+//! and 10 000 pages written, evenly spread (each a data run between two
+//! runs of the parent's pages): manifest bytes per run and per dirty run,
+//! and pages of manifest per 1000 dirty runs (target: at most one), with
+//! what the version 1 layout took for the same manifest. Sizes, not times.
+//!
 //! **Restore.** Restoring a memory from an all-pages snapshot of 16 MiB and
 //! of 1 GiB, then reading its first page (target: within 1.5×), against
 //! laying out a memory with an image of the same bytes
@@ -34,7 +40,7 @@
 //!
 //! Each figure is the median of interleaved rounds; the output says what
 //! was measured, and nothing else. A first argument that is not a flag
-//! runs only the parts whose name contains it (`capture`, `restore`,
+//! runs only the parts whose name contains it (`capture`, `size`, `restore`,
 //! `working set`, or the criterion benchmark's name), e.g.
 //! `cargo bench -p framemap --bench snapshot -- working` (the capture part
 //! writes 1 GiB files).
@@ -224,6 +230,51 @@ fn capture_ratios() {
         median(times)
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The bytes the version 1 layout (fixed-width fields) took for `m`.
+fn v1_manifest_len(m: &framemap::snapshot::Manifest) -> u64 {
+    use framemap::snapshot::PageSource;
+    let mut n = 1 + 32 * u64::from(m.parent.is_some()) + 32 + 4;
+    for mem in &m.memories {
+        n += 4 + mem.name.len() as u64 + 8 + 8 + 4;
+        for run in &mem.runs {
+            n += 18
+                + match &run.source {
+                    PageSource::Data { .. } => 8,
+                    PageSource::Image { .. } => 40,
+                    PageSource::Shared { buffer, .. } => 12 + buffer.len() as u64,
+                    _ => 0,
+                };
+        }
+    }
+    n += 4 + m.globals.iter().map(|g| 4 + g.name.len() as u64 + 17).sum::<u64>();
+    n + 4 + 20 * m.working_set.len() as u64
+}
+
+fn manifest_sizes() {
+    println!("\nsnapshot manifest size (incremental, 1 GiB memory, dirty pages evenly spread):");
+    for dirty in [1000u64, 10_000] {
+        let mut chain = Chain::new(GIB);
+        chain.dirty(dirty);
+        let (_, _, snapshot) = chain.capture(SnapshotWriter::in_memory().expect("writer"));
+        let manifest = snapshot.file_len() - (1 + snapshot.data_pages()) * page();
+        let runs = snapshot.memory("0").expect("memory").runs.len() as u64;
+        let data_runs = snapshot.data_pages();
+        let v1 = v1_manifest_len(snapshot.manifest());
+        let pages_per_1000 = |bytes: u64| bytes as f64 / 4096.0 * 1000.0 / data_runs as f64;
+        println!(
+            "  {dirty:>6} dirty pages: {runs} runs, manifest {manifest} bytes: {:.2} bytes/run, {:.2} bytes/dirty run, \
+             {:.3} pages per 1000 dirty runs (target <= 1: {}); version 1 layout {v1} bytes: {:.2} bytes/run, {:.2} \
+             pages per 1000 dirty runs",
+            manifest as f64 / runs as f64,
+            manifest as f64 / data_runs as f64,
+            pages_per_1000(manifest),
+            if pages_per_1000(manifest) <= 1.0 { "met" } else { "MISSED" },
+            v1 as f64 / runs as f64,
+            pages_per_1000(v1),
+        );
+    }
 }
 
 /// An all-pages snapshot of a memory of `bytes`, every page non-zero.
@@ -516,6 +567,9 @@ fn wants(part: &str) -> bool {
 fn bench(c: &mut Criterion) {
     if wants("snapshot/capture") {
         capture_ratios();
+    }
+    if wants("snapshot/manifest size") {
+        manifest_sizes();
     }
     if wants("snapshot/restore") {
         restore_ratios();
