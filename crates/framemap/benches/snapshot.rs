@@ -23,6 +23,9 @@
 //!
 //! **Restore.** Restoring a memory from an all-pages snapshot of 16 MiB and
 //! of 1 GiB, then reading its first page (target: within 1.5×), against
+//! the same layouts made bare (`mmap(MAP_FIXED)` of a file over the same
+//! reservation, then a read: the kernel's part, without framemap; a
+//! restore is one such `mmap` here), and against
 //! laying out a memory with an image of the same bytes
 //! (`restore_layout`, what a prepared instantiation does in the core:
 //! target ≤ 1.2×; the wasmtime-level comparison needs instance snapshots,
@@ -291,13 +294,98 @@ fn snapshot_of(bytes: u64) -> (Snapshot, Image) {
     (w.finish_in_memory().expect("finish"), Image::from_bytes(&contents).expect("image"))
 }
 
+/// The kernel's part of a restore, without framemap: `mmap(MAP_FIXED)` of
+/// a memory file over a reservation laid out as the restore bench's
+/// target is, then a read of the first page (the file's first MiB is in
+/// the page cache: fault-around maps the same 16 pages a restore's read
+/// maps).
+struct BareKernel {
+    base: *mut u8,
+    reservation: usize,
+    file: std::fs::File,
+}
+
+impl BareKernel {
+    fn new(reservation: usize) -> BareKernel {
+        use std::os::fd::FromRawFd;
+        // SAFETY: memfd_create with a valid name; the descriptor it
+        // returns is owned by the File from here on.
+        let fd = unsafe { libc::memfd_create(c"framemap-bench-bare".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create");
+        // SAFETY: a fresh descriptor, owned by nobody else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(GIB + page()).expect("set_len");
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![1u8; MIB as usize], 0).expect("write");
+        // SAFETY: a new anonymous reservation the kernel places; no Rust
+        // reference points into it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reservation,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap");
+        BareKernel { base: base.cast(), reservation, file }
+    }
+
+    /// Maps the file's bytes from one page in over `[0, len)`, read-write,
+    /// private (a restore's data run), and reads the first byte.
+    fn map(&self, len: u64) {
+        use std::os::fd::AsRawFd;
+        assert!(len as usize <= self.reservation);
+        // SAFETY: MAP_FIXED inside this struct's own reservation, which
+        // nothing else uses; the file covers the range.
+        let at = unsafe {
+            libc::mmap(
+                self.base.cast(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                self.file.as_raw_fd(),
+                page() as libc::off_t,
+            )
+        };
+        assert_eq!(at.cast(), self.base, "mmap");
+        // SAFETY: the first page was just mapped readable.
+        std::hint::black_box(unsafe { std::ptr::read_volatile(self.base) });
+    }
+
+    /// Makes `[from, to)` inaccessible (a shrink's Unmapped run).
+    fn hole(&self, from: u64, to: u64) {
+        // SAFETY: MAP_FIXED inside this struct's own reservation.
+        let at = unsafe {
+            libc::mmap(
+                self.base.add(from as usize).cast(),
+                (to - from) as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED, "mmap");
+    }
+}
+
+impl Drop for BareKernel {
+    fn drop(&mut self) {
+        // SAFETY: the reservation this struct mapped, no longer used.
+        unsafe { libc::munmap(self.base.cast(), self.reservation) };
+    }
+}
+
 fn restore_ratios() {
     println!("\nsnapshot restore (medians; restore, then read the first page):");
     let (small, small_image) = snapshot_of(16 * MIB);
     let (large, _) = snapshot_of(GIB);
     let mut target = space(GIB);
+    let bare = BareKernel::new((GIB + 64 * 1024) as usize);
     let mut first = [0u8; 8];
-    let (mut s, mut l, mut img) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut s, mut l, mut img, mut bs, mut bl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..51 {
         let t = Instant::now();
         target.restore(&small, "0", &mut ()).expect("restore");
@@ -311,13 +399,31 @@ fn restore_ratios() {
         target.restore_layout(16 * MIB, Some(&small_image)).expect("layout");
         target.read(0, &mut first).expect("read");
         img.push(t.elapsed());
+        // The same three layouts, bare: 16 MiB over 16 MiB, 1 GiB over
+        // 16 MiB and an inaccessible rest, then back to 16 MiB.
+        let t = Instant::now();
+        bare.map(16 * MIB);
+        bs.push(t.elapsed());
+        let t = Instant::now();
+        bare.map(GIB);
+        bl.push(t.elapsed());
+        bare.hole(16 * MIB, GIB);
+        bare.map(16 * MIB);
     }
-    let (s, l, img) = (median(s), median(l), median(img));
+    let (s, l, img, bs, bl) = (median(s), median(l), median(img), median(bs), median(bl));
     let size_ratio = l.as_secs_f64() / s.as_secs_f64();
     let image_ratio = s.as_secs_f64() / img.as_secs_f64();
     println!(
         "  16 MiB {s:?}, 1 GiB {l:?}: {size_ratio:.2}x (target within 1.5x: {})",
         if size_ratio <= 1.5 { "met" } else { "MISSED" }
+    );
+    let (rs, rl) = (s.as_secs_f64() / bs.as_secs_f64(), l.as_secs_f64() / bl.as_secs_f64());
+    println!(
+        "  bare kernel, mmap(MAP_FIXED) of a file over the same layout + first read: 16 MiB {bs:?}, 1 GiB {bl:?} \
+         ({:.2}x: the kernel's teardown of the replaced range); restore / bare: 16 MiB {rs:.2}x, 1 GiB {rl:.2}x \
+         (restated target, each within 1.2x: {})",
+        bl.as_secs_f64() / bs.as_secs_f64(),
+        if rs <= 1.2 && rl <= 1.2 { "met" } else { "MISSED" },
     );
     println!(
         "  16 MiB snapshot / 16 MiB image layout ({img:?}): {image_ratio:.2}x (core analog of the <= 1.2x target: {})",
