@@ -23,88 +23,144 @@ pub(crate) fn manifest_at(file: &[u8]) -> usize {
     u64::from_le_bytes(file[32..40].try_into().unwrap()) as usize
 }
 
-/// The manifest's bytes, as the format lays them out (format.rs).
+/// The manifest's bytes, as the format (version 2) lays them out: see
+/// `format.rs`'s docs; written from the layout, not from its code.
 pub(crate) fn encode(m: &Manifest) -> Vec<u8> {
-    struct W(Vec<u8>);
-    impl W {
-        fn u8(&mut self, v: u8) {
-            self.0.push(v);
-        }
-        fn u32(&mut self, v: u32) {
-            self.0.extend_from_slice(&v.to_le_bytes());
-        }
-        fn u64(&mut self, v: u64) {
-            self.0.extend_from_slice(&v.to_le_bytes());
-        }
-        fn str(&mut self, s: &str) {
-            self.u32(s.len() as u32);
-            self.0.extend_from_slice(s.as_bytes());
+    use std::collections::BTreeSet;
+    fn leb(out: &mut Vec<u8>, mut v: u64) {
+        loop {
+            let low = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(low);
+                return;
+            }
+            out.push(low | 0x80);
         }
     }
-    let mut w = W(Vec::new());
-    match &m.parent {
-        Some(d) => {
-            w.u8(1);
-            w.0.extend_from_slice(&d.0);
-        }
-        None => w.u8(0),
+    fn name(out: &mut Vec<u8>, s: &str) {
+        leb(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
     }
-    w.0.extend_from_slice(&m.data_digest.0);
-    w.u32(m.memories.len() as u32);
+    /// Zigzag of the wrapping difference `to - from`.
+    fn step(out: &mut Vec<u8>, to: u64, from: u64) {
+        let d = to.wrapping_sub(from) as i64;
+        leb(out, if d < 0 { (!(d as u64)) * 2 + 1 } else { d as u64 * 2 });
+    }
+    let mut out = Vec::new();
+    out.push(m.parent.is_some() as u8);
+    if let Some(d) = &m.parent {
+        out.extend_from_slice(&d.0);
+    }
+    out.extend_from_slice(&m.data_digest.0);
+    leb(&mut out, m.memories.len() as u64);
+    // Where the next data run continues: the end of the last one, over
+    // every memory.
+    let mut next_data = 0u64;
     for mem in &m.memories {
-        w.str(&mem.name);
-        w.u64(mem.len);
-        w.u64(mem.checkpoint);
-        w.u32(mem.runs.len() as u32);
+        name(&mut out, &mem.name);
+        leb(&mut out, mem.len);
+        out.extend_from_slice(&mem.checkpoint.to_le_bytes());
+        let images: BTreeSet<[u8; 32]> = mem
+            .runs
+            .iter()
+            .filter_map(|r| match &r.source {
+                PageSource::Image { image, .. } => Some(image.0),
+                _ => None,
+            })
+            .collect();
+        let buffers: BTreeSet<&str> = mem
+            .runs
+            .iter()
+            .filter_map(|r| match &r.source {
+                PageSource::Shared { buffer, .. } => Some(buffer.as_str()),
+                _ => None,
+            })
+            .collect();
+        let images: Vec<[u8; 32]> = images.into_iter().collect();
+        let buffers: Vec<&str> = buffers.into_iter().collect();
+        leb(&mut out, images.len() as u64);
+        for d in &images {
+            out.extend_from_slice(d);
+        }
+        leb(&mut out, buffers.len() as u64);
+        for b in &buffers {
+            name(&mut out, b);
+        }
+        // Per table entry: backing page minus memory page of its last run.
+        let mut image_shift = vec![0u64; images.len()];
+        let mut buffer_shift = vec![0u64; buffers.len()];
         for run in &mem.runs {
-            w.u64(run.pages.start);
-            w.u64(run.pages.len());
-            w.u8(match run.prot {
-                Protection::None => 0,
+            let (start, len) = (run.pages.start, run.pages.len());
+            let prot = match run.prot {
+                Protection::None => 0u8,
                 Protection::Read => 1,
                 Protection::ReadWrite => 2,
-            });
-            match &run.source {
-                PageSource::Unmapped => w.u8(0),
-                PageSource::Zero => w.u8(1),
-                PageSource::Data { page } => {
-                    w.u8(2);
-                    w.u64(*page);
-                }
+            };
+            // (kind, table entry and its table's size, backing page and
+            // the page the source expects).
+            let (kind, entry, page, expected) = match &run.source {
+                PageSource::Unmapped => (0u8, None, None, 0),
+                PageSource::Zero => (1 + prot, None, None, 0),
+                PageSource::Data { page } => (4 + prot, None, Some(*page), next_data),
                 PageSource::Image { image, page } => {
-                    w.u8(3);
-                    w.0.extend_from_slice(&image.0);
-                    w.u64(*page);
+                    let i = images.iter().position(|d| *d == image.0).unwrap();
+                    (7 + prot, Some((i, images.len())), Some(*page), start.wrapping_add(image_shift[i]))
                 }
                 PageSource::Shared { buffer, page } => {
-                    w.u8(4);
-                    w.str(buffer);
-                    w.u64(*page);
+                    let i = buffers.iter().position(|b| *b == buffer.as_str()).unwrap();
+                    (10 + prot, Some((i, buffers.len())), Some(*page), start.wrapping_add(buffer_shift[i]))
                 }
-                PageSource::Parent => w.u8(5),
+                PageSource::Parent => (13 + prot, None, None, 0),
+            };
+            let less_one = len.wrapping_sub(1);
+            let mut tag = kind | ((less_one % 4) as u8) << 5;
+            if page == Some(expected) {
+                tag |= 0x10;
+            }
+            if less_one >= 4 {
+                tag |= 0x80;
+            }
+            out.push(tag);
+            if less_one >= 4 {
+                leb(&mut out, less_one / 4);
+            }
+            if let Some((i, n)) = entry
+                && n > 1
+            {
+                leb(&mut out, i as u64);
+            }
+            if let Some(page) = page
+                && page != expected
+            {
+                step(&mut out, page, expected);
+            }
+            match &run.source {
+                PageSource::Data { page } => next_data = page.wrapping_add(len),
+                PageSource::Image { page, .. } => image_shift[entry.unwrap().0] = page.wrapping_sub(start),
+                PageSource::Shared { page, .. } => buffer_shift[entry.unwrap().0] = page.wrapping_sub(start),
+                _ => {}
             }
         }
     }
-    w.u32(m.globals.len() as u32);
+    leb(&mut out, m.globals.len() as u64);
     for g in &m.globals {
-        w.str(&g.name);
-        let (code, bits) = match g.value {
-            GlobalValue::I32(v) => (0, u128::from(v as u32)),
-            GlobalValue::I64(v) => (1, u128::from(v as u64)),
-            GlobalValue::F32(v) => (2, u128::from(v)),
-            GlobalValue::F64(v) => (3, u128::from(v)),
-            GlobalValue::V128(v) => (4, v),
-        };
-        w.u8(code);
-        w.0.extend_from_slice(&bits.to_le_bytes());
+        name(&mut out, &g.name);
+        match g.value {
+            GlobalValue::I32(v) => out.extend([0].into_iter().chain(v.to_le_bytes())),
+            GlobalValue::I64(v) => out.extend([1].into_iter().chain(v.to_le_bytes())),
+            GlobalValue::F32(v) => out.extend([2].into_iter().chain(v.to_le_bytes())),
+            GlobalValue::F64(v) => out.extend([3].into_iter().chain(v.to_le_bytes())),
+            GlobalValue::V128(v) => out.extend([4].into_iter().chain(v.to_le_bytes())),
+        }
     }
-    w.u32(m.working_set.len() as u32);
+    leb(&mut out, m.working_set.len() as u64);
     for ws in &m.working_set {
-        w.u32(ws.memory);
-        w.u64(ws.pages.start);
-        w.u64(ws.pages.len());
+        leb(&mut out, u64::from(ws.memory));
+        leb(&mut out, ws.pages.start);
+        leb(&mut out, ws.pages.len());
     }
-    w.0
+    out
 }
 
 /// A whole file: header, data pages, manifest, with both CRCs right.
@@ -114,7 +170,7 @@ pub(crate) fn assemble(data: &[u8], manifest: &[u8]) -> Vec<u8> {
     let manifest_at = (p + data.len()) as u64;
     let mut file = vec![0u8; p];
     file[0..8].copy_from_slice(b"FRAMEMAP");
-    file[8..12].copy_from_slice(&1u32.to_le_bytes());
+    file[8..12].copy_from_slice(&2u32.to_le_bytes());
     file[12..16].copy_from_slice(&(p as u32).to_le_bytes());
     file[16..24].copy_from_slice(&(p as u64).to_le_bytes());
     file[24..32].copy_from_slice(&data_pages.to_le_bytes());
@@ -234,6 +290,9 @@ pub(crate) fn edit_manifest(u: &mut Unstructured, built: &Built, m: &Manifest) -
         let ri = u.choose_index(mem.runs.len())?;
         match op {
             0 => {
+                // An accessible Unmapped run (1 in 8) has no encoding in
+                // version 2 (the tag's kind 0 has no protection): it is
+                // written, and opens, as an inaccessible one.
                 mem.runs[ri].prot = prot(u)?;
                 if mem.runs[ri].source == PageSource::Unmapped && !chance(u, 1, 8)? {
                     mem.runs[ri].prot = Protection::None;

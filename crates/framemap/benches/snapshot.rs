@@ -15,8 +15,17 @@
 //! **Size.** The in-memory part for 7 dirty pages in a 1 MiB and a 1 GiB
 //! memory (target: within 1.5×).
 //!
+//! **Manifest size.** An incremental snapshot of a 1 GiB memory with 1000
+//! and 10 000 pages written, evenly spread (each a data run between two
+//! runs of the parent's pages): manifest bytes per run and per dirty run,
+//! and pages of manifest per 1000 dirty runs (target: at most one), with
+//! what the version 1 layout took for the same manifest. Sizes, not times.
+//!
 //! **Restore.** Restoring a memory from an all-pages snapshot of 16 MiB and
 //! of 1 GiB, then reading its first page (target: within 1.5×), against
+//! the same layouts made bare (`mmap(MAP_FIXED)` of a file over the same
+//! reservation, then a read: the kernel's part, without framemap; a
+//! restore is one such `mmap` here), and against
 //! laying out a memory with an image of the same bytes
 //! (`restore_layout`, what a prepared instantiation does in the core:
 //! target ≤ 1.2×; the wasmtime-level comparison needs instance snapshots,
@@ -34,7 +43,7 @@
 //!
 //! Each figure is the median of interleaved rounds; the output says what
 //! was measured, and nothing else. A first argument that is not a flag
-//! runs only the parts whose name contains it (`capture`, `restore`,
+//! runs only the parts whose name contains it (`capture`, `size`, `restore`,
 //! `working set`, or the criterion benchmark's name), e.g.
 //! `cargo bench -p framemap --bench snapshot -- working` (the capture part
 //! writes 1 GiB files).
@@ -226,6 +235,51 @@ fn capture_ratios() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The bytes the version 1 layout (fixed-width fields) took for `m`.
+fn v1_manifest_len(m: &framemap::snapshot::Manifest) -> u64 {
+    use framemap::snapshot::PageSource;
+    let mut n = 1 + 32 * u64::from(m.parent.is_some()) + 32 + 4;
+    for mem in &m.memories {
+        n += 4 + mem.name.len() as u64 + 8 + 8 + 4;
+        for run in &mem.runs {
+            n += 18
+                + match &run.source {
+                    PageSource::Data { .. } => 8,
+                    PageSource::Image { .. } => 40,
+                    PageSource::Shared { buffer, .. } => 12 + buffer.len() as u64,
+                    _ => 0,
+                };
+        }
+    }
+    n += 4 + m.globals.iter().map(|g| 4 + g.name.len() as u64 + 17).sum::<u64>();
+    n + 4 + 20 * m.working_set.len() as u64
+}
+
+fn manifest_sizes() {
+    println!("\nsnapshot manifest size (incremental, 1 GiB memory, dirty pages evenly spread):");
+    for dirty in [1000u64, 10_000] {
+        let mut chain = Chain::new(GIB);
+        chain.dirty(dirty);
+        let (_, _, snapshot) = chain.capture(SnapshotWriter::in_memory().expect("writer"));
+        let manifest = snapshot.file_len() - (1 + snapshot.data_pages()) * page();
+        let runs = snapshot.memory("0").expect("memory").runs.len() as u64;
+        let data_runs = snapshot.data_pages();
+        let v1 = v1_manifest_len(snapshot.manifest());
+        let pages_per_1000 = |bytes: u64| bytes as f64 / 4096.0 * 1000.0 / data_runs as f64;
+        println!(
+            "  {dirty:>6} dirty pages: {runs} runs, manifest {manifest} bytes: {:.2} bytes/run, {:.2} bytes/dirty run, \
+             {:.3} pages per 1000 dirty runs (target <= 1: {}); version 1 layout {v1} bytes: {:.2} bytes/run, {:.2} \
+             pages per 1000 dirty runs",
+            manifest as f64 / runs as f64,
+            manifest as f64 / data_runs as f64,
+            pages_per_1000(manifest),
+            if pages_per_1000(manifest) <= 1.0 { "met" } else { "MISSED" },
+            v1 as f64 / runs as f64,
+            pages_per_1000(v1),
+        );
+    }
+}
+
 /// An all-pages snapshot of a memory of `bytes`, every page non-zero.
 fn snapshot_of(bytes: u64) -> (Snapshot, Image) {
     let p = page();
@@ -240,13 +294,98 @@ fn snapshot_of(bytes: u64) -> (Snapshot, Image) {
     (w.finish_in_memory().expect("finish"), Image::from_bytes(&contents).expect("image"))
 }
 
+/// The kernel's part of a restore, without framemap: `mmap(MAP_FIXED)` of
+/// a memory file over a reservation laid out as the restore bench's
+/// target is, then a read of the first page (the file's first MiB is in
+/// the page cache: fault-around maps the same 16 pages a restore's read
+/// maps).
+struct BareKernel {
+    base: *mut u8,
+    reservation: usize,
+    file: std::fs::File,
+}
+
+impl BareKernel {
+    fn new(reservation: usize) -> BareKernel {
+        use std::os::fd::FromRawFd;
+        // SAFETY: memfd_create with a valid name; the descriptor it
+        // returns is owned by the File from here on.
+        let fd = unsafe { libc::memfd_create(c"framemap-bench-bare".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create");
+        // SAFETY: a fresh descriptor, owned by nobody else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(GIB + page()).expect("set_len");
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![1u8; MIB as usize], 0).expect("write");
+        // SAFETY: a new anonymous reservation the kernel places; no Rust
+        // reference points into it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reservation,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap");
+        BareKernel { base: base.cast(), reservation, file }
+    }
+
+    /// Maps the file's bytes from one page in over `[0, len)`, read-write,
+    /// private (a restore's data run), and reads the first byte.
+    fn map(&self, len: u64) {
+        use std::os::fd::AsRawFd;
+        assert!(len as usize <= self.reservation);
+        // SAFETY: MAP_FIXED inside this struct's own reservation, which
+        // nothing else uses; the file covers the range.
+        let at = unsafe {
+            libc::mmap(
+                self.base.cast(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                self.file.as_raw_fd(),
+                page() as libc::off_t,
+            )
+        };
+        assert_eq!(at.cast(), self.base, "mmap");
+        // SAFETY: the first page was just mapped readable.
+        std::hint::black_box(unsafe { std::ptr::read_volatile(self.base) });
+    }
+
+    /// Makes `[from, to)` inaccessible (a shrink's Unmapped run).
+    fn hole(&self, from: u64, to: u64) {
+        // SAFETY: MAP_FIXED inside this struct's own reservation.
+        let at = unsafe {
+            libc::mmap(
+                self.base.add(from as usize).cast(),
+                (to - from) as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED, "mmap");
+    }
+}
+
+impl Drop for BareKernel {
+    fn drop(&mut self) {
+        // SAFETY: the reservation this struct mapped, no longer used.
+        unsafe { libc::munmap(self.base.cast(), self.reservation) };
+    }
+}
+
 fn restore_ratios() {
     println!("\nsnapshot restore (medians; restore, then read the first page):");
     let (small, small_image) = snapshot_of(16 * MIB);
     let (large, _) = snapshot_of(GIB);
     let mut target = space(GIB);
+    let bare = BareKernel::new((GIB + 64 * 1024) as usize);
     let mut first = [0u8; 8];
-    let (mut s, mut l, mut img) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut s, mut l, mut img, mut bs, mut bl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..51 {
         let t = Instant::now();
         target.restore(&small, "0", &mut ()).expect("restore");
@@ -260,13 +399,31 @@ fn restore_ratios() {
         target.restore_layout(16 * MIB, Some(&small_image)).expect("layout");
         target.read(0, &mut first).expect("read");
         img.push(t.elapsed());
+        // The same three layouts, bare: 16 MiB over 16 MiB, 1 GiB over
+        // 16 MiB and an inaccessible rest, then back to 16 MiB.
+        let t = Instant::now();
+        bare.map(16 * MIB);
+        bs.push(t.elapsed());
+        let t = Instant::now();
+        bare.map(GIB);
+        bl.push(t.elapsed());
+        bare.hole(16 * MIB, GIB);
+        bare.map(16 * MIB);
     }
-    let (s, l, img) = (median(s), median(l), median(img));
+    let (s, l, img, bs, bl) = (median(s), median(l), median(img), median(bs), median(bl));
     let size_ratio = l.as_secs_f64() / s.as_secs_f64();
     let image_ratio = s.as_secs_f64() / img.as_secs_f64();
     println!(
         "  16 MiB {s:?}, 1 GiB {l:?}: {size_ratio:.2}x (target within 1.5x: {})",
         if size_ratio <= 1.5 { "met" } else { "MISSED" }
+    );
+    let (rs, rl) = (s.as_secs_f64() / bs.as_secs_f64(), l.as_secs_f64() / bl.as_secs_f64());
+    println!(
+        "  bare kernel, mmap(MAP_FIXED) of a file over the same layout + first read: 16 MiB {bs:?}, 1 GiB {bl:?} \
+         ({:.2}x: the kernel's teardown of the replaced range); restore / bare: 16 MiB {rs:.2}x, 1 GiB {rl:.2}x \
+         (restated target, each within 1.2x: {})",
+        bl.as_secs_f64() / bs.as_secs_f64(),
+        if rs <= 1.2 && rl <= 1.2 { "met" } else { "MISSED" },
     );
     println!(
         "  16 MiB snapshot / 16 MiB image layout ({img:?}): {image_ratio:.2}x (core analog of the <= 1.2x target: {})",
@@ -516,6 +673,9 @@ fn wants(part: &str) -> bool {
 fn bench(c: &mut Criterion) {
     if wants("snapshot/capture") {
         capture_ratios();
+    }
+    if wants("snapshot/manifest size") {
+        manifest_sizes();
     }
     if wants("snapshot/restore") {
         restore_ratios();

@@ -81,6 +81,38 @@ fn an_incremental_snapshot_stores_only_what_changed_and_restores_the_chain() {
     assert_same_memory(&m, &r);
 }
 
+/// The size target: an incremental snapshot costs its dirtied pages plus
+/// at most one page of manifest per 1000 runs, counting only the runs of
+/// dirtied pages (each comes with a run of the parent's pages, free here).
+#[test]
+fn scattered_writes_cost_under_a_page_of_manifest_per_1000_dirty_runs() {
+    let p = page();
+    let pages = 65_536;
+    let mut m = space(pages);
+    let mut chain = snapshot_of(&mut m);
+    for dirty in [1000, 10_000] {
+        let stride = pages / dirty;
+        for i in 0..dirty {
+            m.write(i * stride * p, &(dirty + i).to_le_bytes()).unwrap();
+        }
+        let mut w = SnapshotWriter::in_memory().unwrap().incremental_to(&chain);
+        w.capture("0", &mut m, &no_names).unwrap();
+        let child = w.finish_in_memory().unwrap();
+        let runs = &child.memory("0").unwrap().runs;
+        let data_runs = runs.iter().filter(|r| matches!(r.source, PageSource::Data { .. })).count() as u64;
+        if tracks_writes() {
+            assert_eq!((child.data_pages(), data_runs), (dirty, dirty), "one data run per written page");
+        }
+        let manifest = child.file_len() - (1 + child.data_pages()) * p;
+        assert!(
+            manifest * 1000 <= 4096 * data_runs,
+            "{dirty} dirty pages: {manifest} manifest bytes for {data_runs} data runs ({} runs in all)",
+            runs.len()
+        );
+        chain = child.with_parent(chain).unwrap();
+    }
+}
+
 #[test]
 fn a_chain_needs_its_parent_and_flattens_to_the_same_memory() {
     let dir = temp_dir("chain");

@@ -1,4 +1,4 @@
-//! The snapshot file format, version 1: encoding and checked decoding, no I/O.
+//! The snapshot file format, version 2: encoding and checked decoding, no I/O.
 //!
 //! ```text
 //! page 0          header (64 bytes, then zero up to one host page)
@@ -14,6 +14,42 @@
 //! manifest CRC-32 (u32), zero (u32), header CRC-32 of the 56 bytes before
 //! it (u32), zero (u32). The file ends right after the manifest.
 //!
+//! Manifest (version 2; `varint`: unsigned LEB128, minimal; `name`: varint
+//! length, then UTF-8):
+//!
+//! ```text
+//! parent flag (u8: 0 or 1), parent id (32 bytes, if 1), data digest (32)
+//! varint memory count, then per memory:
+//!   name, varint length in bytes, checkpoint token (u64)
+//!   image table: varint count, content hashes (32 bytes each), sorted
+//!   buffer table: varint count, names, sorted
+//!   runs, in page order, until they cover the memory's pages; per run:
+//!     tag (u8): bits 0-3 kind: 0 Unmapped, else 1 + 3 * source + protection
+//!         (sources Zero, Data, Image, Shared, Parent; protections None,
+//!         Read, ReadWrite); bit 4 CONTINUES (Data, Image, Shared only);
+//!         bits 5-6 (length - 1) & 3; bit 7 LONG
+//!     if LONG: varint (length - 1) >> 2, not 0
+//!     Image, Shared: varint table index, if the table has 2 entries or more
+//!     Data, Image, Shared, unless CONTINUES: the first backing page as a
+//!         zigzag varint of its difference (wrapping, not 0) from the
+//!         expected page: for Data the end of the manifest's last data run
+//!         (0 at first), for Image and Shared the run's memory page plus the
+//!         offset (backing page - memory page) of the last run of the same
+//!         table entry (0 at first)
+//! varint global count, then per global: name, type (u8: i32, i64, f32,
+//!   f64, v128), the value's bits (4, 8, 4, 8 or 16 bytes, little-endian)
+//! varint working-set count, then per record: varint memory index,
+//!   varint first page, varint pages
+//! ```
+//!
+//! A run's first page is where the last one ended (the first run's is 0),
+//! so it is not written, and runs can neither overlap nor be empty. An
+//! incremental snapshot of scattered writes (a data page, then parent or
+//! image pages, alternately) takes 1 byte for each data run and 1 to 3 for
+//! each other run (measured: 1.5 bytes a run). Version 1 files
+//! (fixed-width fields, 18 to 58 bytes a run) are refused with the version
+//! error: the crate had no release that wrote them.
+//!
 //! The snapshot's id is the SHA-256 of its manifest, which holds the SHA-256
 //! of the data section: an id names the whole content, and an incremental
 //! snapshot names its parent by id. Opening checks both CRCs (metadata
@@ -21,20 +57,26 @@
 //! checks the data's digest.
 //!
 //! Invariant: [`Manifest::decode`] accepts only what [`Manifest::encode`]
-//! can produce from a well-formed manifest: runs sorted, non-empty, disjoint
-//! and covering exactly the memory's pages, `Unmapped` runs without access,
-//! data pages inside the data section, `Parent` runs only with a parent,
-//! names valid UTF-8 of bounded length; every count is bounded by the bytes
-//! left, so a hostile file cannot make it allocate more than its own size.
+//! can produce from a well-formed manifest: runs non-empty and covering
+//! exactly the memory's pages, lengths of at most 7 in the tag, minimal
+//! varints, tables sorted with every entry named by a run, table indices in
+//! range, `Unmapped` runs without access, data pages inside the data
+//! section, `Parent` runs only with a parent, names valid UTF-8 of bounded
+//! length and distinct, no byte after the end; every count is bounded by
+//! the bytes left, so a hostile file cannot make it allocate more than its
+//! own size.
 
+use super::codec::{Reader, Writer};
+use super::record::{bad, decode_memory, encode_memory};
 use crate::frame::Protection;
 use crate::page::PageRange;
+use std::collections::HashSet;
 use std::fmt;
 
 /// The file's first bytes.
 pub(crate) const MAGIC: [u8; 8] = *b"FRAMEMAP";
 /// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of the header proper (the rest of page 0 is zero).
 pub(crate) const HEADER_LEN: usize = 64;
 /// Longest name (of a memory, a global or a buffer), in bytes.
@@ -99,7 +141,7 @@ pub enum PageSource {
 }
 
 impl PageSource {
-    fn code(&self) -> u8 {
+    pub(crate) fn code(&self) -> u8 {
         match self {
             PageSource::Unmapped => 0,
             PageSource::Zero => 1,
@@ -212,90 +254,8 @@ pub(crate) enum FormatError {
     Malformed(String),
 }
 
-/// An encoder of little-endian fields.
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn digest(&mut self, d: &Digest) {
-        self.0.extend_from_slice(&d.0);
-    }
-    fn count(&mut self, n: usize) {
-        self.u32(u32::try_from(n).unwrap_or(u32::MAX));
-    }
-    fn str(&mut self, s: &str) {
-        self.count(s.len());
-        self.0.extend_from_slice(s.as_bytes());
-    }
-}
-
-/// A checked decoder of little-endian fields.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end =
-            end.ok_or_else(|| FormatError::Malformed(format!("manifest ends inside a field at byte {}", self.at)))?;
-        let field = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(field)
-    }
-    fn u8(&mut self) -> Result<u8, FormatError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn u128(&mut self) -> Result<u128, FormatError> {
-        Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes")))
-    }
-    fn digest(&mut self) -> Result<Digest, FormatError> {
-        Ok(Digest(self.take(32)?.try_into().expect("32 bytes")))
-    }
-    /// A count of items of at least `min_item` bytes each: bounded by the
-    /// bytes left, so no count can make the decoder allocate past the file.
-    fn count(&mut self, min_item: usize) -> Result<usize, FormatError> {
-        let n = self.u32()? as usize;
-        let left = self.bytes.len() - self.at;
-        if n.saturating_mul(min_item) > left {
-            return Err(FormatError::Malformed(format!("{n} items cannot fit in the {left} bytes left")));
-        }
-        Ok(n)
-    }
-    fn str(&mut self) -> Result<String, FormatError> {
-        let n = self.count(1)?;
-        if n > MAX_NAME_LEN {
-            return Err(FormatError::Malformed(format!("a name of {n} bytes (at most {MAX_NAME_LEN})")));
-        }
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FormatError::Malformed("a name is not UTF-8".into()))
-    }
-}
-
-fn prot_code(prot: Protection) -> u8 {
-    match prot {
-        Protection::None => 0,
-        Protection::Read => 1,
-        Protection::ReadWrite => 2,
-    }
-}
-
 impl Manifest {
-    /// The manifest's bytes.
+    /// The manifest's bytes (format version 2, see the module's docs).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::new());
         match &self.parent {
@@ -306,49 +266,42 @@ impl Manifest {
             None => w.u8(0),
         }
         w.digest(&self.data_digest);
-        w.count(self.memories.len());
+        w.varint(self.memories.len() as u64);
+        let mut data_cursor = 0u64;
         for m in &self.memories {
-            w.str(&m.name);
-            w.u64(m.len);
-            w.u64(m.checkpoint);
-            w.count(m.runs.len());
-            for run in &m.runs {
-                w.u64(run.pages.start);
-                w.u64(run.pages.len());
-                w.u8(prot_code(run.prot));
-                w.u8(run.source.code());
-                match &run.source {
-                    PageSource::Data { page } => w.u64(*page),
-                    PageSource::Image { image, page } => {
-                        w.digest(image);
-                        w.u64(*page);
-                    }
-                    PageSource::Shared { buffer, page } => {
-                        w.str(buffer);
-                        w.u64(*page);
-                    }
-                    PageSource::Unmapped | PageSource::Zero | PageSource::Parent => {}
+            encode_memory(&mut w, m, &mut data_cursor);
+        }
+        w.varint(self.globals.len() as u64);
+        for g in &self.globals {
+            w.str(&g.name);
+            match g.value {
+                GlobalValue::I32(v) => {
+                    w.u8(0);
+                    w.bytes(&v.to_le_bytes());
+                }
+                GlobalValue::I64(v) => {
+                    w.u8(1);
+                    w.bytes(&v.to_le_bytes());
+                }
+                GlobalValue::F32(v) => {
+                    w.u8(2);
+                    w.bytes(&v.to_le_bytes());
+                }
+                GlobalValue::F64(v) => {
+                    w.u8(3);
+                    w.bytes(&v.to_le_bytes());
+                }
+                GlobalValue::V128(v) => {
+                    w.u8(4);
+                    w.bytes(&v.to_le_bytes());
                 }
             }
         }
-        w.count(self.globals.len());
-        for g in &self.globals {
-            w.str(&g.name);
-            let (code, bits) = match g.value {
-                GlobalValue::I32(v) => (0, u128::from(v as u32)),
-                GlobalValue::I64(v) => (1, u128::from(v as u64)),
-                GlobalValue::F32(v) => (2, u128::from(v)),
-                GlobalValue::F64(v) => (3, u128::from(v)),
-                GlobalValue::V128(v) => (4, v),
-            };
-            w.u8(code);
-            w.0.extend_from_slice(&bits.to_le_bytes());
-        }
-        w.count(self.working_set.len());
+        w.varint(self.working_set.len() as u64);
         for ws in &self.working_set {
-            w.u32(ws.memory);
-            w.u64(ws.pages.start);
-            w.u64(ws.pages.len());
+            w.varint(u64::from(ws.memory));
+            w.varint(ws.pages.start);
+            w.varint(ws.pages.len());
         }
         w.0
     }
@@ -357,100 +310,49 @@ impl Manifest {
     /// pages of `page_size` bytes (see the module's invariant).
     pub(crate) fn decode(bytes: &[u8], page_size: u64, data_pages: u64) -> Result<Manifest, FormatError> {
         let mut r = Reader { bytes, at: 0 };
-        let bad = |what: String| FormatError::Malformed(what);
         let parent = match r.u8()? {
             0 => None,
             1 => Some(r.digest()?),
             other => return Err(bad(format!("parent flag {other}"))),
         };
         let data_digest = r.digest()?;
-        let mut memories = Vec::with_capacity(r.count(24)?);
+        // A memory takes at least its name's length, its length, its
+        // checkpoint and its two tables' counts: 12 bytes.
+        let mut memories = Vec::with_capacity(r.count(12)?);
+        let mut names = HashSet::with_capacity(memories.capacity());
+        let mut data_cursor = 0u64;
         for _ in 0..memories.capacity() {
-            let name = r.str()?;
-            let len = r.u64()?;
-            let checkpoint = r.u64()?;
-            let pages = len.div_ceil(page_size);
-            let mut runs = Vec::with_capacity(r.count(18)?);
-            let mut next = 0u64;
-            for _ in 0..runs.capacity() {
-                let start = r.u64()?;
-                let count = r.u64()?;
-                let end = start.checked_add(count).ok_or_else(|| bad(format!("memory {name:?}: a run overflows")))?;
-                if start != next || count == 0 || end > pages {
-                    return Err(bad(format!(
-                        "memory {name:?}: run {start}+{count} does not follow page {next} inside its {pages} pages"
-                    )));
-                }
-                next = end;
-                let prot = match r.u8()? {
-                    0 => Protection::None,
-                    1 => Protection::Read,
-                    2 => Protection::ReadWrite,
-                    other => return Err(bad(format!("memory {name:?}: protection code {other}"))),
-                };
-                let source = match r.u8()? {
-                    0 => PageSource::Unmapped,
-                    1 => PageSource::Zero,
-                    2 => PageSource::Data { page: r.u64()? },
-                    3 => PageSource::Image { image: r.digest()?, page: r.u64()? },
-                    4 => PageSource::Shared { buffer: r.str()?, page: r.u64()? },
-                    5 => PageSource::Parent,
-                    other => return Err(bad(format!("memory {name:?}: page source code {other}"))),
-                };
-                match &source {
-                    PageSource::Unmapped if prot != Protection::None => {
-                        return Err(bad(format!("memory {name:?}: an unmapped run at page {start} is accessible")));
-                    }
-                    PageSource::Data { page } if page.checked_add(count).is_none_or(|e| e > data_pages) => {
-                        return Err(bad(format!(
-                            "memory {name:?}: data pages {page}+{count} past the {data_pages} the file holds"
-                        )));
-                    }
-                    PageSource::Image { page, .. } | PageSource::Shared { page, .. }
-                        if page.checked_add(count).is_none_or(|e| e.checked_mul(page_size).is_none()) =>
-                    {
-                        return Err(bad(format!("memory {name:?}: backing pages {page}+{count} overflow")));
-                    }
-                    PageSource::Parent if parent.is_none() => {
-                        return Err(bad(format!("memory {name:?}: pages from a parent, but the snapshot has none")));
-                    }
-                    _ => {}
-                }
-                runs.push(RunRecord { pages: PageRange::new(start, end), prot, source });
+            let memory = decode_memory(&mut r, parent.is_some(), page_size, data_pages, &mut data_cursor)?;
+            if !names.insert(memory.name.clone()) {
+                return Err(bad(format!("memory {:?} appears twice", memory.name)));
             }
-            if next != pages {
-                return Err(bad(format!("memory {name:?}: runs cover {next} of its {pages} pages")));
-            }
-            if memories.iter().any(|m: &MemoryRecord| m.name == name) {
-                return Err(bad(format!("memory {name:?} appears twice")));
-            }
-            memories.push(MemoryRecord { name, len, checkpoint, runs });
+            memories.push(memory);
         }
-        let mut globals = Vec::with_capacity(r.count(21)?);
+        // A global takes at least a name's length, a type and 4 bytes.
+        let mut globals = Vec::with_capacity(r.count(6)?);
+        let mut names = HashSet::with_capacity(globals.capacity());
         for _ in 0..globals.capacity() {
             let name = r.str()?;
-            let code = r.u8()?;
-            let bits = r.u128()?;
-            let value = match code {
-                0 if bits <= u128::from(u32::MAX) => GlobalValue::I32(bits as u32 as i32),
-                1 if bits <= u128::from(u64::MAX) => GlobalValue::I64(bits as u64 as i64),
-                2 if bits <= u128::from(u32::MAX) => GlobalValue::F32(bits as u32),
-                3 if bits <= u128::from(u64::MAX) => GlobalValue::F64(bits as u64),
-                4 => GlobalValue::V128(bits),
-                _ => return Err(bad(format!("global {name:?}: type code {code} with value {bits:#x}"))),
+            let value = match r.u8()? {
+                0 => GlobalValue::I32(i32::from_le_bytes(r.array()?)),
+                1 => GlobalValue::I64(i64::from_le_bytes(r.array()?)),
+                2 => GlobalValue::F32(u32::from_le_bytes(r.array()?)),
+                3 => GlobalValue::F64(u64::from_le_bytes(r.array()?)),
+                4 => GlobalValue::V128(u128::from_le_bytes(r.array()?)),
+                code => return Err(bad(format!("global {name:?}: type code {code}"))),
             };
-            if globals.iter().any(|g: &GlobalRecord| g.name == name) {
+            if !names.insert(name.clone()) {
                 return Err(bad(format!("global {name:?} appears twice")));
             }
             globals.push(GlobalRecord { name, value });
         }
-        let mut working_set = Vec::with_capacity(r.count(20)?);
+        let mut working_set = Vec::with_capacity(r.count(3)?);
         for _ in 0..working_set.capacity() {
-            let memory = r.u32()?;
-            let (start, count) = (r.u64()?, r.u64()?);
-            let pages = memories
-                .get(memory as usize)
-                .map(|m| m.len.div_ceil(page_size))
+            let memory = r.varint()?;
+            let (start, count) = (r.varint()?, r.varint()?);
+            let index = u32::try_from(memory).ok().filter(|&i| (i as usize) < memories.len());
+            let (memory, pages) = index
+                .map(|i| (i, memories[i as usize].len.div_ceil(page_size)))
                 .ok_or_else(|| bad(format!("working set names memory {memory} of {}", memories.len())))?;
             if start.checked_add(count).is_none_or(|e| e > pages) {
                 return Err(bad(format!("working set pages {start}+{count} past memory {memory}'s {pages}")));
@@ -466,10 +368,20 @@ impl Manifest {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::{CONTINUES, LONG};
     use super::*;
 
+    fn r(start: u64, end: u64) -> PageRange {
+        PageRange::new(start, end)
+    }
+
+    fn run(pages: PageRange, prot: Protection, source: PageSource) -> RunRecord {
+        RunRecord { pages, prot, source }
+    }
+
+    /// One run of each source, with a parent.
     fn sample() -> Manifest {
-        let r = PageRange::new;
+        let rw = Protection::ReadWrite;
         Manifest {
             parent: Some(Digest([7; 32])),
             data_digest: Digest::of(b"data"),
@@ -478,20 +390,12 @@ mod tests {
                 len: 10 * 4096 - 5,
                 checkpoint: 99,
                 runs: vec![
-                    RunRecord { pages: r(0, 2), prot: Protection::ReadWrite, source: PageSource::Data { page: 0 } },
-                    RunRecord {
-                        pages: r(2, 4),
-                        prot: Protection::Read,
-                        source: PageSource::Image { image: Digest([1; 32]), page: 2 },
-                    },
-                    RunRecord { pages: r(4, 5), prot: Protection::None, source: PageSource::Unmapped },
-                    RunRecord {
-                        pages: r(5, 6),
-                        prot: Protection::ReadWrite,
-                        source: PageSource::Shared { buffer: "ring".into(), page: 0 },
-                    },
-                    RunRecord { pages: r(6, 8), prot: Protection::ReadWrite, source: PageSource::Parent },
-                    RunRecord { pages: r(8, 10), prot: Protection::ReadWrite, source: PageSource::Zero },
+                    run(r(0, 2), rw, PageSource::Data { page: 0 }),
+                    run(r(2, 4), Protection::Read, PageSource::Image { image: Digest([1; 32]), page: 2 }),
+                    run(r(4, 5), Protection::None, PageSource::Unmapped),
+                    run(r(5, 6), rw, PageSource::Shared { buffer: "ring".into(), page: 0 }),
+                    run(r(6, 8), rw, PageSource::Parent),
+                    run(r(8, 10), rw, PageSource::Zero),
                 ],
             }],
             globals: vec![
@@ -502,17 +406,77 @@ mod tests {
         }
     }
 
+    /// What `sample` leaves out: two memories sharing the data section,
+    /// tables of several entries, runs long enough for a varint length,
+    /// backing pages that do not continue (data packed out of order, an
+    /// image and a buffer at shifted offsets), every global type; no
+    /// parent.
+    fn sample2() -> Manifest {
+        let (rw, ro) = (Protection::ReadWrite, Protection::Read);
+        let (a, b) = (Digest([0xa0; 32]), Digest([0x0b; 32]));
+        let image = |image, page| PageSource::Image { image, page };
+        let shared = |buffer: &str, page| PageSource::Shared { buffer: buffer.into(), page };
+        Manifest {
+            parent: None,
+            data_digest: Digest([3; 32]),
+            memories: vec![
+                MemoryRecord {
+                    name: "é".into(),
+                    len: 70_400 * 4096,
+                    checkpoint: u64::MAX,
+                    runs: vec![
+                        run(r(0, 4), rw, PageSource::Data { page: 5 }),
+                        run(r(4, 9), ro, image(a, 4)),
+                        run(r(9, 10), rw, PageSource::Data { page: 0 }),
+                        run(r(10, 310), ro, image(a, 10)),
+                        run(r(310, 311), Protection::None, image(b, 0)),
+                        run(r(311, 312), rw, image(a, 400)),
+                        run(r(312, 320), rw, shared("z", 3)),
+                        run(r(320, 322), rw, shared("a", 320)),
+                        run(r(322, 324), rw, shared("z", 13)),
+                        run(r(324, 400), Protection::None, PageSource::Zero),
+                        run(r(400, 70_400), rw, PageSource::Zero),
+                    ],
+                },
+                MemoryRecord {
+                    name: "1".into(),
+                    len: 4096,
+                    checkpoint: 0,
+                    runs: vec![run(r(0, 1), rw, PageSource::Data { page: 1 })],
+                },
+                MemoryRecord { name: "empty".into(), len: 0, checkpoint: 1, runs: vec![] },
+            ],
+            globals: vec![
+                GlobalRecord { name: "i64".into(), value: GlobalValue::I64(i64::MIN) },
+                GlobalRecord { name: "f32".into(), value: GlobalValue::F32(0x7fc0_0001) },
+                GlobalRecord { name: "f64".into(), value: GlobalValue::F64(1) },
+            ],
+            working_set: vec![
+                WorkingSetRecord { memory: 1, pages: r(0, 1) },
+                WorkingSetRecord { memory: 0, pages: r(200, 70_400) },
+            ],
+        }
+    }
+
+    /// Both samples, with the data pages they need.
+    fn samples() -> [(Manifest, u64); 2] {
+        [(sample(), 2), (sample2(), 9)]
+    }
+
     #[test]
     fn a_manifest_round_trips() {
-        let m = sample();
-        assert_eq!(Manifest::decode(&m.encode(), 4096, 2), Ok(m));
+        for (m, data_pages) in samples() {
+            assert_eq!(Manifest::decode(&m.encode(), 4096, data_pages), Ok(m));
+        }
     }
 
     #[test]
     fn every_truncation_of_a_manifest_is_refused() {
-        let bytes = sample().encode();
-        for len in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..len], 4096, 2).is_err(), "{len}");
+        for (m, data_pages) in samples() {
+            let bytes = m.encode();
+            for len in 0..bytes.len() {
+                assert!(Manifest::decode(&bytes[..len], 4096, data_pages).is_err(), "{len}");
+            }
         }
     }
 
@@ -520,13 +484,15 @@ mod tests {
     fn every_single_byte_change_is_refused_or_decodes_to_a_manifest_that_encodes_back() {
         // The decoder's invariant: whatever it accepts, the encoder writes
         // back byte for byte (nothing is silently dropped or normalised).
-        let bytes = sample().encode();
-        for at in 0..bytes.len() {
-            for flip in [1u8, 0x80, 0xff] {
-                let mut b = bytes.clone();
-                b[at] ^= flip;
-                if let Ok(m) = Manifest::decode(&b, 4096, 2) {
-                    assert_eq!(m.encode(), b, "byte {at} ^ {flip:#x}");
+        for (m, data_pages) in samples() {
+            let bytes = m.encode();
+            for at in 0..bytes.len() {
+                for flip in [1u8, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0xff] {
+                    let mut b = bytes.clone();
+                    b[at] ^= flip;
+                    if let Ok(m) = Manifest::decode(&b, 4096, data_pages) {
+                        assert_eq!(m.encode(), b, "byte {at} ^ {flip:#x}");
+                    }
                 }
             }
         }
@@ -535,5 +501,105 @@ mod tests {
     #[test]
     fn data_past_the_section_is_refused() {
         assert!(Manifest::decode(&sample().encode(), 4096, 1).is_err());
+        assert!(Manifest::decode(&sample2().encode(), 4096, 8).is_err());
+    }
+
+    /// A manifest of one memory of `pages` pages named "m" with image
+    /// table `images`, no buffer, then `runs` (raw bytes), no global and
+    /// no working set.
+    fn raw(pages: u8, images: &[Digest], runs: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&[0; 32]);
+        b.extend_from_slice(&[1, 1, b'm']); // memory count, name
+        let mut len = Writer(Vec::new());
+        len.varint(u64::from(pages) * 4096);
+        b.extend_from_slice(&len.0);
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.push(images.len() as u8);
+        images.iter().for_each(|d| b.extend_from_slice(&d.0));
+        b.push(0);
+        b.extend_from_slice(runs);
+        b.extend_from_slice(&[0, 0]);
+        b
+    }
+
+    #[test]
+    fn only_canonical_encodings_decode() {
+        let decode = |b: &[u8]| Manifest::decode(b, 4096, 4);
+        // The kinds: Zero ReadWrite is 3, Data ReadWrite 6, Image Read 8.
+        let (zero, data, image) = (3u8, 6u8, 8u8);
+        let (one, two) = (Digest([1; 32]), Digest([2; 32]));
+        // Well formed: a zero page, two data pages continuing, an image
+        // page of a table of one at its own page (3), one at page 0 (a
+        // delta of -4, zigzag 7).
+        let good = raw(5, &[one], &[zero, data | CONTINUES | 1 << 5, image | CONTINUES, image, 0x07]);
+        let m = decode(&good).expect("the well-formed manifest");
+        assert_eq!(m.encode(), good);
+        assert_eq!(m.memories[0].runs[2].source, PageSource::Image { image: one, page: 3 });
+        assert_eq!(m.memories[0].runs[3].source, PageSource::Image { image: one, page: 0 });
+        // Anything else of the same meaning, and each broken rule.
+        let refused = [
+            ("a delta of 0 instead of continuing", raw(1, &[], &[data, 0])),
+            ("continuing a source without a backing", raw(1, &[], &[zero | CONTINUES])),
+            ("a long length that fits in the tag", raw(1, &[], &[zero | LONG, 0])),
+            ("a non-minimal varint length", raw(9, &[], &[zero | LONG, 0x82, 0x00])),
+            ("a run past the memory", raw(1, &[], &[zero | 1 << 5])),
+            ("runs short of the memory", raw(2, &[], &[zero])),
+            ("an image run with an empty table", raw(1, &[], &[image | CONTINUES])),
+            ("an unsorted table", raw(2, &[two, one], &[image | CONTINUES, 0, image | CONTINUES, 1])),
+            ("a table entry twice", raw(2, &[one, one], &[image | CONTINUES, 0, image | CONTINUES, 1])),
+            ("a table entry no run names", raw(1, &[one, two], &[image | CONTINUES, 0])),
+            ("a table index out of range", raw(1, &[one, two], &[image | CONTINUES, 2])),
+            ("a parent run without a parent", raw(1, &[], &[15])),
+        ];
+        for (what, bytes) in refused {
+            assert!(decode(&bytes).is_err(), "{what}: {bytes:?}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(decode(&long).is_err(), "a byte after the end");
+    }
+
+    /// An incremental snapshot of a 1 GiB memory (4 KiB pages) with `n`
+    /// pages written, evenly spread: data and parent runs alternate, over
+    /// a parent or (`over_image`) an image mapped straight.
+    fn scattered(n: u64, over_image: bool) -> Manifest {
+        let pages = (1u64 << 30) / 4096;
+        let stride = pages / n;
+        let rest = if over_image {
+            |at: u64| PageSource::Image { image: Digest([9; 32]), page: at }
+        } else {
+            |_| PageSource::Parent
+        };
+        let mut runs = Vec::new();
+        for i in 0..n {
+            let at = i * stride;
+            runs.push(run(r(at, at + 1), Protection::ReadWrite, PageSource::Data { page: i }));
+            let end = if i + 1 == n { pages } else { at + stride };
+            runs.push(run(r(at + 1, end), Protection::ReadWrite, rest(at + 1)));
+        }
+        Manifest {
+            parent: Some(Digest([5; 32])),
+            data_digest: Digest([6; 32]),
+            memories: vec![MemoryRecord { name: "0".into(), len: pages * 4096, checkpoint: 1, runs }],
+            globals: vec![],
+            working_set: vec![],
+        }
+    }
+
+    #[test]
+    fn scattered_writes_take_under_a_page_of_manifest_per_1000_dirty_runs() {
+        // The size target: at most one page of metadata per 1000 runs,
+        // counting only the dirty runs (each comes with a run of the
+        // parent or the image, also counted here).
+        for n in [1000, 10_000] {
+            for over_image in [false, true] {
+                let m = scattered(n, over_image);
+                let bytes = m.encode();
+                assert_eq!(Manifest::decode(&bytes, 4096, n).as_ref(), Ok(&m));
+                let per_1000 = bytes.len() as u64 * 1000 / n;
+                assert!(per_1000 <= 4096, "{n} dirty pages (over an image: {over_image}): {} bytes", bytes.len());
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The snapshot file's header (format version 1): page 0's first 64
+//! The snapshot file's header (format version 2): page 0's first 64
 //! bytes, checked before anything else is read (see `format.rs` for the
 //! layout of the whole file).
 
@@ -98,7 +98,14 @@ mod tests {
         b[30] ^= 1;
         assert_eq!(Header::decode(&b), Err(FormatError::Checksum("header")));
         let mut future = Header { page_size: 4096, data_pages: 0, manifest_len: 0, manifest_crc: 0 }.encode();
-        future[8] = 2;
-        assert_eq!(Header::decode(&future), Err(FormatError::Version(2)));
+        future[8] = 3;
+        assert_eq!(Header::decode(&future), Err(FormatError::Version(3)));
+        // A version 1 file (its header laid out the same, CRC right) is
+        // refused by its version, not as corrupt.
+        let mut v1 = h.encode();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v1[..56]);
+        v1[56..60].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Header::decode(&v1), Err(FormatError::Version(1)));
     }
 }

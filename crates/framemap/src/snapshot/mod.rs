@@ -3,7 +3,8 @@
 //!
 //! Rooms:
 //! - `format`: the file format (manifest, checks), no I/O; `header`: its
-//!   first 64 bytes;
+//!   first 64 bytes; `record`: a memory record's encoding (tables, runs);
+//!   `codec`: the manifest's fields (varints, deltas, names);
 //! - `capture`: [`SnapshotWriter`], which captures memories (by the frame
 //!   tag table's snapshot rules) into a new file, written atomically, with
 //!   their working sets' data pages packed first if given;
@@ -36,8 +37,10 @@
 //!    its table).
 
 mod capture;
+mod codec;
 mod format;
 mod header;
+mod record;
 mod restore;
 mod runs;
 
