@@ -35,7 +35,7 @@ pub struct PreparedModule {
     pub(crate) not_prepared: Option<NotPrepared>,
     /// What instance snapshots need, for a module made with
     /// [`PreparedModule::with_snapshots`]. (Fields are the crate's for
-    /// `artifact.rs`, which saves and loads the plain prepared form.)
+    /// `artifact/`, which saves and loads the plain prepared form.)
     pub(crate) snapshots: Option<Arc<SnapshotSupport>>,
 }
 
