@@ -5,6 +5,7 @@
 //! [`EXIT_ERROR`], never as a panic or backtrace.
 
 mod bench;
+mod cache;
 mod inspect;
 mod run;
 mod run_component;

@@ -16,6 +16,9 @@
 //! (no start function, no data segments) and runs `_start`. WASI state
 //! (open files, preopens) is not part of a snapshot: a restored guest gets
 //! this run's.
+//!
+//! Without snapshots the module is a plain [`PreparedModule`] from the
+//! compile cache ([`crate::cache`]; `--no-cache` compiles it every time).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -68,6 +71,13 @@ pub struct RunArgs {
     /// same module) instead of a fresh instance, then run `_start`.
     #[arg(long, value_name = "FILE", conflicts_with = "init")]
     pub restore: Option<PathBuf>,
+
+    /// Compile the module without the compile cache (neither read nor
+    /// written). The cache is `$FRAMEMAP_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/framemap`, else `~/.cache/framemap`; not used with
+    /// the snapshot flags.
+    #[arg(long)]
+    pub no_cache: bool,
 
     /// The WASI command to run: a preview 1 module (`.wasm` binary or `.wat`
     /// text) or a preview 2 command component (`.wasm`),
@@ -127,13 +137,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
     let snapshots = args.snapshot_out.is_some() || args.restore.is_some();
     let prepared = match snapshots {
-        true => Some(load_prepared(&creator, &engine, args.module())?),
-        false => None,
+        true => load_prepared(&creator, &engine, args.module())?,
+        false => crate::cache::load(&creator, &engine, args.module(), !args.no_cache)?,
     };
-    let module = match &prepared {
-        Some(prepared) => prepared.module().clone(),
-        None => load_module(&engine, args.module())?,
-    };
+    let module = prepared.module().clone();
     if args.init.is_none() && args.invoke.is_none() {
         check_command(&module, &args)?;
     }
@@ -143,12 +150,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
     p1::add_to_linker_sync(&mut linker, |ctx| ctx)?;
 
     let mut store = Store::new(&engine, wasi);
-    let outcome = match &prepared {
-        Some(prepared) => execute_with_snapshots(&mut store, &linker, prepared, &args),
-        None => match &args.invoke {
-            Some(export) => invoke(&mut store, &linker, &module, export, &args.module_and_args[1..]),
-            None => execute(&mut store, &linker, &module),
-        },
+    let outcome = match &args.invoke {
+        Some(export) => invoke(&mut store, &linker, &prepared, export, &args.module_and_args[1..]),
+        None => execute_with_snapshots(&mut store, &linker, &prepared, &args),
     };
     if args.stats {
         // Memories belong to the store: report while it is still alive.
@@ -156,16 +160,6 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     drop(store);
     outcome
-}
-
-/// Compiles the `.wasm` or `.wat` file at `path`, making sure the error
-/// names the file.
-fn load_module(engine: &Engine, path: &Path) -> Result<Module> {
-    Module::from_file(engine, path).map_err(|err| {
-        let err = anyhow::Error::from(err);
-        let shown = path.display().to_string();
-        if format!("{err:#}").contains(&shown) { err } else { err.context(format!("failed to load `{shown}`")) }
-    })
 }
 
 /// Reads and prepares the module at `path` for snapshots.
@@ -176,8 +170,8 @@ fn load_prepared(creator: &Arc<FrameMemoryCreator>, engine: &Engine, path: &Path
         .with_context(|| format!("failed to load `{}`", path.display()))
 }
 
-/// Runs the module with snapshots: from `--restore`'s snapshot or fresh,
-/// then `--init`'s export or `_start`, then writes `--snapshot-out`'s.
+/// Runs the prepared module: from `--restore`'s snapshot or fresh, then
+/// `--init`'s export or `_start`, then writes `--snapshot-out`'s if given.
 fn execute_with_snapshots(
     store: &mut Store<WasiP1Ctx>,
     linker: &Linker<WasiP1Ctx>,
@@ -269,34 +263,17 @@ pub(crate) fn wasi_builder(args: &RunArgs) -> Result<WasiCtxBuilder> {
     Ok(builder)
 }
 
-/// Instantiates `module` and calls its `_start`, mapping the outcome to an
-/// exit status.
-fn execute(store: &mut Store<WasiP1Ctx>, linker: &Linker<WasiP1Ctx>, module: &Module) -> Result<u8> {
-    let instance = linker
-        .instantiate(&mut *store, module)
-        .map_err(anyhow::Error::from)
-        .context("failed to instantiate the module")?;
-    let start = instance
-        .get_typed_func::<(), ()>(&mut *store, "_start")
-        .map_err(anyhow::Error::from)
-        .context("bad `_start` export")?;
-    match start.call(&mut *store, ()) {
-        Ok(()) => Ok(0),
-        Err(err) => guest_failure(err),
-    }
-}
-
-/// Instantiates `module`, calls its export `name` with `params` parsed as
+/// Instantiates the prepared module, calls its export `name` with `params` parsed as
 /// its parameter types, and prints the results, one per line.
 fn invoke(
     store: &mut Store<WasiP1Ctx>,
     linker: &Linker<WasiP1Ctx>,
-    module: &Module,
+    prepared: &PreparedModule,
     name: &str,
     params: &[String],
 ) -> Result<u8> {
-    let instance = linker
-        .instantiate(&mut *store, module)
+    let instance = prepared
+        .instantiate_with(linker, &mut *store)
         .map_err(anyhow::Error::from)
         .context("failed to instantiate the module")?;
     let Some(func) = instance.get_func(&mut *store, name) else {

@@ -17,9 +17,11 @@ fn guest(name: &str) -> String {
         .to_owned()
 }
 
-/// Runs `framemap` with `args` and returns its output.
+/// Runs `framemap` with `args` and returns its output. Its compile cache is
+/// a scratch folder of this test process, not the user's.
 fn framemap(args: &[&str]) -> Output {
-    Command::new(FRAMEMAP).args(args).output().expect("failed to spawn framemap")
+    let cache = std::env::temp_dir().join(format!("framemap-cli-test-{}-cache", std::process::id()));
+    Command::new(FRAMEMAP).args(args).env("FRAMEMAP_CACHE_DIR", cache).output().expect("failed to spawn framemap")
 }
 
 /// The process exit status, failing the test if it died from a signal.

@@ -193,6 +193,106 @@ pub enum Error {
         /// The memory's size.
         size: u64,
     },
+    /// A compile-cache artifact ([`crate::artifact`]) could not be read or
+    /// written: the file system's error (a read-only or full directory shows
+    /// here, as the `source`'s kind).
+    #[error("artifact `{}`: {source}", path.display())]
+    ArtifactIo {
+        /// The artifact file (or its temporary file, when writing).
+        path: std::path::PathBuf,
+        /// The file system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a framemap artifact (no trailer magic, no ELF start).
+    #[error("`{}` is not a framemap artifact", path.display())]
+    ArtifactNotFramemap {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// The artifact is shorter (or longer) than its trailer records, or too
+    /// short to hold a trailer at all (`expected` is then `None`).
+    #[error("artifact `{}` is truncated: {len} bytes{}", path.display(), expected.map(|e| format!(", its trailer records {e}")).unwrap_or_else(|| ", no trailer".into()))]
+    ArtifactTruncated {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its length.
+        len: u64,
+        /// The length its trailer records.
+        expected: Option<u64>,
+    },
+    /// The artifact was written in another format version
+    /// ([`crate::artifact::ARTIFACT_FORMAT_VERSION`]).
+    #[error("artifact `{}` has format version {found}, this build reads {expected}", path.display())]
+    ArtifactVersion {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The version it records.
+        found: u32,
+        /// The version this build writes and reads.
+        expected: u32,
+    },
+    /// A CRC-32 does not match: the artifact's bytes changed since it was
+    /// written (a flipped bit, a torn write).
+    #[error("artifact `{}`: the {part} checksum does not match (stored {stored:#010x}, computed {computed:#010x})", path.display())]
+    ArtifactChecksum {
+        /// The file.
+        path: std::path::PathBuf,
+        /// `"trailer"` or `"contents"`.
+        part: &'static str,
+        /// The CRC-32 the file records.
+        stored: u32,
+        /// The CRC-32 of its bytes.
+        computed: u32,
+    },
+    /// The artifact's trailer or metadata is inconsistent (lengths, offsets,
+    /// page size, encodings) although its checksums match.
+    #[error("artifact `{}` is malformed: {detail}", path.display())]
+    ArtifactMalformed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The artifact was compiled by an engine whose settings differ from
+    /// this one's ([`crate::artifact::engine_fingerprint`]).
+    #[error("artifact `{}` was compiled for another engine configuration", path.display())]
+    ArtifactEngineMismatch {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// wasmtime refused the artifact's compiled module.
+    #[error("artifact `{}`: wasmtime cannot load its compiled module: {message}", path.display())]
+    ArtifactDeserialize {
+        /// The file.
+        path: std::path::PathBuf,
+        /// wasmtime's error.
+        message: String,
+    },
+    /// wasmtime could not serialize the compiled module.
+    #[error("cannot serialize the compiled module: {message}")]
+    ArtifactSerialize {
+        /// wasmtime's error.
+        message: String,
+    },
+    /// The module cannot be saved as an artifact.
+    #[error("this module cannot be saved as an artifact: {reason}")]
+    ArtifactUnsupported {
+        /// Why.
+        reason: &'static str,
+    },
+    /// A memory's image could not be read (saving) or made from the
+    /// artifact's range (loading).
+    #[error("artifact `{}`: the image of memory {memory}: {source}", path.display())]
+    ArtifactImage {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The memory (defined-memory order).
+        memory: usize,
+        /// Why.
+        #[source]
+        source: framemap::Error,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -24,6 +24,7 @@
 //! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
 //! ```
 
+pub mod artifact;
 pub mod component;
 mod creator;
 mod engine;

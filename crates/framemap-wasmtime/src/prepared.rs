@@ -26,21 +26,22 @@ use wasmtime::{AsContextMut, Engine, Extern, Instance, InstancePre, Linker, Modu
 /// [`FrameMemoryCreator`] installed in its engine.
 #[derive(Clone, Debug)]
 pub struct PreparedModule {
-    module: Module,
-    creator: Arc<FrameMemoryCreator>,
+    pub(crate) module: Module,
+    pub(crate) creator: Arc<FrameMemoryCreator>,
     /// One entry per defined memory; `None` if images cannot be handed to
     /// the module's memories (see [`PreparedModule::not_prepared`]).
     /// Shared with every instantiation in flight (no copy per instantiation).
-    plan: Option<Arc<[MemoryPlan]>>,
-    not_prepared: Option<NotPrepared>,
+    pub(crate) plan: Option<Arc<[MemoryPlan]>>,
+    pub(crate) not_prepared: Option<NotPrepared>,
     /// What instance snapshots need, for a module made with
-    /// [`PreparedModule::with_snapshots`].
-    snapshots: Option<Arc<SnapshotSupport>>,
+    /// [`PreparedModule::with_snapshots`]. (Fields are the crate's for
+    /// `artifact/`, which saves and loads the plain prepared form.)
+    pub(crate) snapshots: Option<Arc<SnapshotSupport>>,
 }
 
 /// What capturing and restoring instances of a module needs.
 #[derive(Debug)]
-struct SnapshotSupport {
+pub(crate) struct SnapshotSupport {
     /// The state the rewritten module exports, and what blocks snapshots.
     layout: StateLayout,
     /// The module restores instantiate: no start function, no active data.

@@ -5,7 +5,9 @@
 //! mapping; a caller's file is accepted only if it carries `F_SEAL_SHRINK`),
 //! and its length is a whole number of host pages, so mapping any page range
 //! inside it can never raise SIGBUS. Zero pages are holes in the file: a
-//! mostly-empty image costs no memory for its empty pages.
+//! mostly-empty image costs no memory for its empty pages. An image may be a
+//! page-aligned range of a larger file ([`Image::from_file_range_unchecked`]:
+//! a compile-cache entry); every mapping and read of it adds its file offset.
 
 use crate::error::{Error, Result};
 use crate::frame::BackingId;
@@ -25,6 +27,9 @@ pub struct Image {
 struct ImageFile {
     id: BackingId,
     fd: OwnedFd,
+    /// Where the image starts in its file (page-aligned; 0 but for
+    /// [`Image::from_file_range_unchecked`]).
+    offset: u64,
     len: u64,
     inode: u64,
     /// Whether the file is sealed against writes: only then may its bytes be
@@ -149,6 +154,45 @@ impl Image {
         Image::from_sealed(fd, len.next_multiple_of(crate::host_page_size() as u64))
     }
 
+    /// An image backed directly by the `len` bytes (rounded up to whole
+    /// pages) of `file` from byte `offset` on, which must be a multiple of
+    /// the host page size: a range of a larger file, such as a compile-cache
+    /// entry holding several images. The image counts as immutable
+    /// ([`Image::is_immutable`]): that is this function's contract.
+    ///
+    /// Refused with [`Error::Misaligned`] if `offset` is not page-aligned,
+    /// and with [`Error::OutOfBounds`] if the range reaches a page past the
+    /// file's end (mapping it would raise SIGBUS).
+    ///
+    /// # Safety
+    /// The file must not shrink, and its bytes in the range must not change,
+    /// while the image or any memory that maps it exists (a mapped page past
+    /// the file's end raises SIGBUS, which kills the process, and Rust
+    /// references to the bytes, as `wasmtime::Memory::data` lends out,
+    /// must not see them change): the contract of `memmap2::Mmap::map`, or
+    /// of wasmtime's `Module::deserialize_file`.
+    pub unsafe fn from_file_range_unchecked(file: impl Into<OwnedFd>, offset: u64, len: u64) -> Result<Image> {
+        let fd = file.into();
+        let page = crate::host_page_size();
+        if !offset.is_multiple_of(page as u64) {
+            return Err(Error::Misaligned { start: offset, len, page_size: page });
+        }
+        let page = page as u64;
+        let file_len =
+            memfd::len(&fd).map_err(|source| Error::Kernel { syscall: "fstat", start: 0, end: 0, source })?;
+        let len = len.checked_next_multiple_of(page).ok_or(Error::Overflow { start: offset, len })?;
+        let end = offset.checked_add(len).ok_or(Error::Overflow { start: offset, len })?;
+        if end > file_len.next_multiple_of(page) {
+            return Err(Error::OutOfBounds { start: offset, end, accessible: file_len });
+        }
+        let mut image = Image::from_sealed(fd, len)?;
+        if let Some(inner) = Arc::get_mut(&mut image.inner) {
+            inner.offset = offset;
+            inner.immutable = true;
+        }
+        Ok(image)
+    }
+
     /// The SHA-256 of the image's contents (its whole length, holes read
     /// as zeros): how a snapshot names the image it needs. Computed once,
     /// reading the whole image, for an image sealed against writes; every
@@ -186,14 +230,14 @@ impl Image {
         let immutable = memfd::cannot_be_written(&fd);
         let (view, hash) = (OnceLock::new(), OnceLock::new());
         let snapshot = false;
-        Ok(Image {
-            inner: Arc::new(ImageFile { id: BackingId::fresh(), fd, len, inode, immutable, view, hash, snapshot }),
-        })
+        let (id, offset) = (BackingId::fresh(), 0);
+        Ok(Image { inner: Arc::new(ImageFile { id, fd, offset, len, inode, immutable, view, hash, snapshot }) })
     }
 
     /// Whether the image's file is sealed against writes (`F_SEAL_WRITE`;
-    /// every image framemap makes is): only then are its bytes fixed for
-    /// good. A file others may still write shows their writes through in
+    /// every image framemap makes is), or promised never to change
+    /// ([`Image::from_file_range_unchecked`]): only then are its bytes fixed
+    /// for good. A file others may still write shows their writes through in
     /// pages no memory has written yet, so the wasmtime adapter refuses to
     /// map such an image into a memory whose bytes wasmtime lends out as a
     /// `&[u8]`.
@@ -230,7 +274,8 @@ impl Image {
         self.inner.len == 0
     }
 
-    /// Bytes of memory the image's file really holds (its holes excluded).
+    /// Bytes of memory the image's file really holds (its holes excluded;
+    /// the whole file's, for an image of a range of a file).
     pub fn allocated_bytes(&self) -> Result<u64> {
         let stat = rustix::fs::fstat(&self.inner.fd).map_err(|e| Error::Kernel {
             syscall: "fstat",
@@ -248,7 +293,7 @@ impl Image {
         if end > self.len() {
             return Err(Error::OutOfBounds { start: offset, end, accessible: self.len() });
         }
-        memfd::read_exact_at(&self.inner.fd, buf, offset).map_err(|source| Error::Kernel {
+        memfd::read_exact_at(&self.inner.fd, buf, self.inner.offset + offset).map_err(|source| Error::Kernel {
             syscall: "pread",
             start: offset,
             end,
@@ -267,9 +312,9 @@ impl Image {
                 return None;
             }
             let len = usize::try_from(self.inner.len).ok().filter(|&l| l > 0)?;
-            // SAFETY: the image's file covers `len` bytes and cannot shrink
-            // (module invariant).
-            unsafe { Mapping::of_file(self.fd(), len, crate::Protection::Read) }.ok()
+            // SAFETY: the image's file covers `len` bytes from its offset
+            // and cannot shrink (module invariant).
+            unsafe { Mapping::of_file_at(self.fd(), self.inner.offset, len, crate::Protection::Read) }.ok()
         });
         let end = offset as usize + target.len();
         match view {
@@ -282,12 +327,17 @@ impl Image {
                 target.copy_from_slice(source);
                 Ok(())
             }
-            _ => memfd::read_exact_at(&self.inner.fd, target, offset),
+            _ => memfd::read_exact_at(&self.inner.fd, target, self.inner.offset + offset),
         }
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.inner.fd.as_fd()
+    }
+
+    /// Where the image starts in its file (page-aligned).
+    pub(crate) fn file_offset(&self) -> u64 {
+        self.inner.offset
     }
 
     pub(crate) fn inode(&self) -> u64 {

@@ -391,3 +391,42 @@ fn swapped_out_dirty_pages_are_restored() {
     }
     assert!(swapped > 0, "no page was ever swapped out: the test did not test anything");
 }
+
+#[test]
+fn an_image_of_a_file_range_maps_reads_and_resets_from_its_offset() {
+    let p = page();
+    // A file of 5 pages: page k is filled with k + 1; the image is pages 2..4.
+    let path = std::env::temp_dir().join(format!("framemap-range-image-{}", std::process::id()));
+    let mut file = std::fs::File::create(&path).unwrap();
+    for k in 0..5u8 {
+        file.write_all(&vec![k + 1; p as usize]).unwrap();
+    }
+    drop(file);
+    let open = || std::fs::File::open(&path).unwrap();
+    // SAFETY: the test's file is not changed while the images exist.
+    let image = unsafe { Image::from_file_range_unchecked(open(), 2 * p, 2 * p) }.unwrap();
+    assert_eq!(image.len(), 2 * p);
+    assert!(image.is_immutable(), "the contract promises the bytes never change");
+    let mut buf = [0u8; 2];
+    image.read(p - 1, &mut buf).unwrap();
+    assert_eq!(buf, [3, 4], "reads start at the file offset");
+    let mut s = space(4);
+    s.restore_layout(4 * p, Some(&image)).unwrap();
+    s.validate().unwrap(); // the kernel's file offsets include the image's
+    assert_eq!(bytes_at(&s, 0, 1), [3]);
+    assert_eq!(bytes_at(&s, p, 1), [4]);
+    s.write(p, &[0xee; 8]).unwrap();
+    for keep_resident in [0, 4 * p] {
+        s.write(p, &[0xee; 8]).unwrap();
+        s.reset(4 * p, Some(&image), ResetPolicy { keep_resident, ..ResetPolicy::default() }).unwrap();
+        assert_eq!(bytes_at(&s, p, 8), [4; 8], "keep_resident {keep_resident}");
+    }
+    // SAFETY: as above (refused before anything maps).
+    let misaligned = unsafe { Image::from_file_range_unchecked(open(), 1, p) };
+    assert!(matches!(misaligned, Err(Error::Misaligned { .. })), "{misaligned:?}");
+    // SAFETY: as above.
+    let past_end = unsafe { Image::from_file_range_unchecked(open(), 4 * p, 2 * p) };
+    assert!(matches!(past_end, Err(Error::OutOfBounds { .. })), "{past_end:?}");
+    drop((s, image));
+    std::fs::remove_file(&path).unwrap();
+}

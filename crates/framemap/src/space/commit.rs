@@ -323,10 +323,12 @@ impl LinearSpace {
             }
             FrameKind::Image { image, page } => {
                 let image = self.images.get(&image).ok_or(Error::UnknownBacking { id: image.0 })?;
+                let offset = image.file_offset() + page * self.page;
                 // SAFETY: as above; the image's file cannot shrink and
                 // covers the range (`map_image`/`restore_layout` check
-                // it against the image's length).
-                unsafe { mman::replace_with_file(addr, len, frame.prot(), image.fd(), page * self.page, false) }
+                // it against the image's length, which lies inside the file
+                // from `file_offset`).
+                unsafe { mman::replace_with_file(addr, len, frame.prot(), image.fd(), offset, false) }
                     .map_err(|e| kernel("mmap", e))?;
             }
             FrameKind::Shared { buffer, page } => {

@@ -11,7 +11,6 @@ use super::LinearSpace;
 use crate::buffer::SharedBuffer;
 use crate::error::{Error, Result};
 use crate::frame::{BackingId, Frame, FrameKind, PerTag};
-use crate::image::Image;
 use crate::page::PageRange;
 use crate::summary::SpaceSummary;
 use crate::sys::{maps, pagemap, sigbus};
@@ -92,8 +91,8 @@ impl LinearSpace {
             let (shared, file) = match frame.kind() {
                 FrameKind::Unmapped | FrameKind::Zero => (false, None),
                 FrameKind::Image { image, page } => {
-                    let inode = self.images.get(&image).map_or(0, Image::inode);
-                    (false, Some(FileAt { inode, offset: page * self.page }))
+                    let (inode, base) = self.images.get(&image).map_or((0, 0), |i| (i.inode(), i.file_offset()));
+                    (false, Some(FileAt { inode, offset: base + page * self.page }))
                 }
                 FrameKind::Shared { buffer, page } => {
                     let inode = self.buffers.get(&buffer).map_or(0, SharedBuffer::inode);

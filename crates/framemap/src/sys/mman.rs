@@ -124,9 +124,24 @@ impl Mapping {
     /// # Safety
     /// The file must cover `len` bytes and never shrink while mapped.
     pub(crate) unsafe fn of_file(fd: rustix::fd::BorrowedFd<'_>, len: usize, prot: Protection) -> io::Result<Mapping> {
+        // SAFETY: the same contract, at offset 0.
+        unsafe { Mapping::of_file_at(fd, 0, len, prot) }
+    }
+
+    /// Maps `len` bytes of the file from byte `offset` (page-aligned),
+    /// shared, with protection `prot`.
+    ///
+    /// # Safety
+    /// The file must cover `offset..offset + len` and never shrink while mapped.
+    pub(crate) unsafe fn of_file_at(
+        fd: rustix::fd::BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        prot: Protection,
+    ) -> io::Result<Mapping> {
         // SAFETY: a non-fixed mapping cannot overlap existing objects; the
         // file covers the range and cannot shrink (function contract).
-        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot_flags(prot), MapFlags::SHARED, fd, 0) }?;
+        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot_flags(prot), MapFlags::SHARED, fd, offset) }?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned a null address"))?;
         Ok(Mapping { ptr, len })
     }
