@@ -27,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use framemap::snapshot::{Durability, Snapshot, SnapshotWriter};
-use framemap_wasmtime::{FrameMemoryCreator, PreparedModule};
+use framemap_wasmtime::{FrameMemoryCreator, PreparedModule, RestoreMode};
 use wasmtime::{Config, Engine, ExternType, Instance, Linker, Module, Store, Trap, Val, ValType, WasmBacktrace};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -78,6 +78,16 @@ pub struct RunArgs {
     /// the snapshot flags.
     #[arg(long)]
     pub no_cache: bool,
+
+    /// With `--restore FILE`: record the pages this run touches (its
+    /// working set) and write OUT, a copy of FILE's state (not the state
+    /// the run leaves) with that working set recorded and packed first:
+    /// restores from OUT prefetch it, so their first call takes no page
+    /// fault on it. The restore maps every page fresh and prefetches
+    /// nothing, to see what the run touches. Written when the guest exits
+    /// normally.
+    #[arg(long, value_name = "OUT", requires = "restore")]
+    pub working_set_out: Option<PathBuf>,
 
     /// The WASI command to run: a preview 1 module (`.wasm` binary or `.wat`
     /// text) or a preview 2 command component (`.wasm`),
@@ -178,14 +188,19 @@ fn execute_with_snapshots(
     prepared: &PreparedModule,
     args: &RunArgs,
 ) -> Result<u8> {
+    let recorder = args.working_set_out.as_ref().map(|_| recording(prepared));
+    let prepared = recorder.as_ref().unwrap_or(prepared);
+    let mut restored = None;
     let instance = match &args.restore {
         Some(file) => {
             let snapshot =
                 Snapshot::open(file).with_context(|| format!("cannot read the snapshot `{}`", file.display()))?;
-            prepared
+            let instance = prepared
                 .instantiate_snapshot_with(linker, &mut *store, &snapshot)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot restore `{}`", file.display()))?
+                .with_context(|| format!("cannot restore `{}`", file.display()))?;
+            restored = Some(snapshot);
+            instance
         }
         None => prepared
             .instantiate_with(linker, &mut *store)
@@ -206,6 +221,12 @@ fn execute_with_snapshots(
             bail!("guest exited with status {code}: no snapshot written");
         }
         write_snapshot(store, prepared, &instance, file)?;
+    }
+    if let (Some(out), Some(snapshot)) = (&args.working_set_out, &restored) {
+        if code != 0 {
+            bail!("guest exited with status {code}: no working set written");
+        }
+        write_working_set(store, prepared, &instance, snapshot, out)?;
     }
     Ok(code)
 }
@@ -362,6 +383,38 @@ pub(crate) fn print_stats(creator: &FrameMemoryCreator) {
     for report in reports {
         eprintln!("{report}");
     }
+}
+
+/// `prepared` restoring snapshots for recording working sets
+/// (`--working-set-out`): no prefetch, every page mapped fresh.
+fn recording(prepared: &PreparedModule) -> PreparedModule {
+    let mut recorder = prepared.clone();
+    recorder.set_restore_mode(RestoreMode::Record);
+    recorder
+}
+
+/// Writes `out`: `snapshot`'s state with the working set `instance` (restored
+/// from it for recording) touched since, packed first (`--working-set-out`).
+fn write_working_set(
+    store: &mut Store<WasiP1Ctx>,
+    prepared: &PreparedModule,
+    instance: &Instance,
+    snapshot: &Snapshot,
+    out: &Path,
+) -> Result<()> {
+    let context = || format!("cannot write the working set `{}`", out.display());
+    let mut writer = SnapshotWriter::to_path(out, Durability::Synced).with_context(context)?;
+    let sets = prepared.write_working_set(&mut *store, instance, snapshot, &mut writer).with_context(context)?;
+    let info = writer.finish().with_context(context)?;
+    let pages: u64 = sets.iter().flat_map(|s| &s.pages).map(|r| r.len()).sum();
+    eprintln!(
+        "framemap: working set: wrote `{}` ({pages} pages in {} memories, {} data pages, id {})",
+        out.display(),
+        sets.len(),
+        info.data_pages,
+        info.id
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,14 +12,15 @@
 //! snapshot ([`crate::PreparedModule::instantiate_snapshot`]) is laid out
 //! from it with [`LinearSpace::restore`] instead of from an image.
 
+use crate::RestoreMode;
 use crate::error::{Error, Result};
 use crate::handle::{MemoryHandle, Owner};
 use crate::image_plan::{self, SnapshotStart};
 use crate::memory::{FrameMemory, Recycler, Serving};
 use crate::pool::{IdleSlot, SlotKey, SlotPool};
-use crate::slot::Slot;
+use crate::slot::{RestoredFrom, Slot};
 use framemap::snapshot::RestoreOptions;
-use framemap::{BackingId, Image, LinearSpace, PageRange, ResetPolicy, SpaceConfig};
+use framemap::{BackingId, Image, LinearSpace, PageRange, Prefetch, ResetPolicy, SpaceConfig};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -200,17 +201,26 @@ impl CreatorShared {
             taken
         };
         let mut images = start.images.clone();
+        let (prefetch, recording) = match start.mode {
+            RestoreMode::Prefetch(prefetch) => (prefetch, false),
+            RestoreMode::Record => (Prefetch::Off, true),
+        };
+        let restored_from = RestoredFrom { snapshot: start.snapshot.id(), memory: start.memory.clone(), recording };
         if let Some(IdleSlot { slot, .. }) = recycled {
             let served = {
                 let mut state = slot.lock();
                 // Pooled slots were reset by `restore_dirty` when released
                 // and touched by nothing since: frames already the
-                // snapshot's keep their (initial) contents.
-                let options = RestoreOptions { keep_reset_frames: true, ..RestoreOptions::default() };
+                // snapshot's keep their (initial) contents, unless the
+                // restore records a working set (kept frames keep the
+                // page-table entries of the slot's last memory).
+                let options = RestoreOptions { prefetch, keep_reset_frames: !recording };
                 let restored = state.space.restore_with(&start.snapshot, &start.memory, &mut images, options);
                 restored.map(|_| {
                     let (len, capacity) = (state.space.len(), state.space.capacity());
-                    (state.start_serving(), len, capacity)
+                    let generation = state.start_serving();
+                    state.restored = Some(restored_from.clone());
+                    (generation, len, capacity)
                 })
             };
             match served {
@@ -227,8 +237,11 @@ impl CreatorShared {
         let mut space = LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len: 0 })
             .map_err(create)?;
         space.set_run_budget(self.config.max_runs);
-        space.restore(&start.snapshot, &start.memory, &mut images).map_err(create)?;
-        Ok(self.serve_new(space))
+        let options = RestoreOptions { prefetch, keep_reset_frames: false };
+        space.restore_with(&start.snapshot, &start.memory, &mut images, options).map_err(create)?;
+        let serving = self.serve_new(space);
+        serving.slot.lock().restored = Some(restored_from);
+        Ok(serving)
     }
 
     /// A new slot for `space`, registered, serving its first memory.

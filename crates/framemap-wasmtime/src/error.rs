@@ -179,6 +179,17 @@ pub enum Error {
         /// What does not fit.
         detail: String,
     },
+    /// The working set of an instance's memory cannot be recorded against
+    /// the snapshot given ([`crate::PreparedModule::working_set`]): the
+    /// memory was not restored from that snapshot, or not for recording
+    /// ([`crate::RestoreMode::Record`]).
+    #[error("cannot record the working set of memory {memory:?}: {reason}")]
+    WorkingSetUnavailable {
+        /// The memory's name in the snapshot.
+        memory: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// Capturing or opening a snapshot failed in the core.
     #[error("snapshot: {0}")]
     Snapshot(#[source] framemap::Error),

@@ -277,6 +277,43 @@ impl MemoryHandle {
         self.run(Some(Owner::of_store(&store)), true, |space| writer.capture(name, space, names))
     }
 
+    /// The pages of the memory touched since it was restored from the
+    /// snapshot `snapshot` as its memory `name` for recording
+    /// ([`crate::RestoreMode::Record`]), clipped to the first `pages`
+    /// pages (the snapshot's memory): see
+    /// [`LinearSpace::touched_pages`]. Refused with
+    /// [`Error::WorkingSetUnavailable`] for a memory not restored that way.
+    pub(crate) fn touched_since_restore(
+        &self,
+        snapshot: framemap::snapshot::Digest,
+        name: &str,
+        pages: u64,
+    ) -> Result<Vec<PageRange>> {
+        let unavailable = |reason: &str| Error::WorkingSetUnavailable { memory: name.into(), reason: reason.into() };
+        let slot = self.slot.upgrade().ok_or(Error::NotFramemap { base: self.base })?;
+        let mut state = slot.lock();
+        if state.current() != Some(self.generation) {
+            return Err(Error::NotFramemap { base: self.base });
+        }
+        match &state.restored {
+            None => return Err(unavailable("it was not restored from a snapshot")),
+            Some(from) if from.snapshot != snapshot || from.memory != name => {
+                return Err(unavailable("it was restored from another snapshot"));
+            }
+            Some(from) if !from.recording => {
+                return Err(unavailable(
+                    "it was not restored for recording (RestoreMode::Record): a prefetch or a recycled slot's \
+                     pages would count as touched",
+                ));
+            }
+            Some(_) => {}
+        }
+        let space = state.serving(self.generation).ok_or(Error::NotFramemap { base: self.base })?;
+        let touched = space.touched_pages().map_err(|source| Error::Report { base: self.base, source })?;
+        let within = PageRange::new(0, pages);
+        Ok(touched.into_iter().map(|r| r.intersect(within)).filter(|r| !r.is_empty()).collect())
+    }
+
     /// Pages of the memory that the hole guard replaced because host code
     /// touched them while they were inaccessible (see [`Error::Poisoned`]):
     /// non-zero means the memory is poisoned.

@@ -39,6 +39,7 @@ mod report;
 pub mod rewrite;
 mod slot;
 pub mod state;
+mod working_set;
 
 pub use component::{PreparedComponent, PreparedComponentInstancePre};
 pub use creator::{CreatorConfig, CreatorStats, FrameMemoryCreator};
@@ -47,3 +48,4 @@ pub use error::{Error, Result};
 pub use handle::MemoryHandle;
 pub use prepared::{PreparedInstancePre, PreparedModule};
 pub use report::FrameReport;
+pub use working_set::{MemoryWorkingSet, RestoreMode};

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::image_plan::{MemoryFacts, MemoryPlan, Pending, SnapshotStart, WithPlan};
 use crate::rewrite::{MemoryInit, NotPrepared, Preparation, defined_memories, prepare};
 use crate::state::{StateLayout, export_state, global_export, memory_export, restore_variant};
+use crate::working_set::RestoreMode;
 use framemap::Image;
 use framemap::snapshot::{GlobalValue, Snapshot, SnapshotWriter};
 use std::sync::Arc;
@@ -37,13 +38,15 @@ pub struct PreparedModule {
     /// [`PreparedModule::with_snapshots`]. (Fields are the crate's for
     /// `artifact/`, which saves and loads the plain prepared form.)
     pub(crate) snapshots: Option<Arc<SnapshotSupport>>,
+    /// How snapshot restores lay memories out ([`PreparedModule::set_restore_mode`]).
+    pub(crate) restore_mode: RestoreMode,
 }
 
 /// What capturing and restoring instances of a module needs.
 #[derive(Debug)]
 pub(crate) struct SnapshotSupport {
     /// The state the rewritten module exports, and what blocks snapshots.
-    layout: StateLayout,
+    pub(crate) layout: StateLayout,
     /// The module restores instantiate: no start function, no active data.
     restore_module: Module,
     /// The type facts of each defined memory, in order.
@@ -88,7 +91,14 @@ impl PreparedModule {
             (Some(_), Some(reason)) => (compile(&binary)?, None, Some(reason)),
             (None, _) => (compile(&binary)?, None, not_prepared),
         };
-        Ok(PreparedModule { module, creator: creator.clone(), plan, not_prepared, snapshots: None })
+        Ok(PreparedModule {
+            module,
+            creator: creator.clone(),
+            plan,
+            not_prepared,
+            snapshots: None,
+            restore_mode: RestoreMode::default(),
+        })
     }
 
     /// As [`PreparedModule::new`], and ready for instance snapshots
@@ -120,7 +130,7 @@ impl PreparedModule {
     }
 
     /// The snapshot support, if instances of this module can be captured.
-    fn snapshot_support(&self) -> Result<&SnapshotSupport> {
+    pub(crate) fn snapshot_support(&self) -> Result<&SnapshotSupport> {
         let support = self.snapshots.as_deref().ok_or_else(|| Error::NotSnapshottable {
             reason: "the module was not prepared with PreparedModule::with_snapshots".into(),
         })?;
@@ -175,7 +185,9 @@ impl PreparedModule {
     /// snapshot's, its start function not run again and no data segment
     /// applied (the snapshot holds their effects); tables are rebuilt from
     /// the module's element segments (a module that changes tables cannot be
-    /// captured). Refused if the snapshot does not fit the module.
+    /// captured). Refused if the snapshot does not fit the module. Each
+    /// memory's recorded working set is prefetched as the module's
+    /// [`RestoreMode`] says ([`PreparedModule::set_restore_mode`]).
     pub fn instantiate_snapshot(
         &self,
         mut store: impl AsContextMut,
@@ -254,7 +266,12 @@ impl PreparedModule {
             .map(|(facts, memory)| MemoryPlan {
                 facts: *facts,
                 image: None,
-                snapshot: Some(SnapshotStart { snapshot: snapshot.clone(), memory, images: images.clone() }),
+                snapshot: Some(SnapshotStart {
+                    snapshot: snapshot.clone(),
+                    memory,
+                    images: images.clone(),
+                    mode: self.restore_mode,
+                }),
             })
             .collect();
         Ok((support, Pending::new(self.creator.id(), Arc::from(plan))))

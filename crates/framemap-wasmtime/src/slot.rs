@@ -13,6 +13,7 @@
 //! generation it was made for, never reaches an idle slot, nor a later
 //! memory on the same reservation.
 
+use framemap::snapshot::Digest;
 use framemap::{BackingId, LinearSpace};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -31,6 +32,23 @@ pub(crate) struct SlotState {
     generation: u64,
     /// Whether generation `generation` is alive.
     live: bool,
+    /// The snapshot the memory served now was restored from, if it was
+    /// (set right after [`SlotState::start_serving`], which clears it).
+    pub restored: Option<RestoredFrom>,
+}
+
+/// Where the memory a slot serves was restored from, and how: what
+/// recording its working set needs to know ([`crate::PreparedModule::working_set`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RestoredFrom {
+    /// The snapshot's id.
+    pub snapshot: Digest,
+    /// The memory's name in it.
+    pub memory: String,
+    /// Restored for recording ([`crate::RestoreMode::Record`]): every page
+    /// mapped fresh, none prefetched, so the pages with an entry are the
+    /// pages touched since.
+    pub recording: bool,
 }
 
 impl SlotState {
@@ -48,6 +66,7 @@ impl SlotState {
     pub fn start_serving(&mut self) -> u64 {
         self.generation += 1;
         self.live = true;
+        self.restored = None;
         self.generation
     }
 
@@ -61,7 +80,8 @@ impl Slot {
     /// A slot around a freshly made space, serving nothing yet.
     pub(crate) fn new(space: LinearSpace) -> Arc<Slot> {
         let base = space.base().as_ptr() as usize;
-        let slot = Arc::new(Slot { base, state: Mutex::new(SlotState { space, generation: 0, live: false }) });
+        let slot =
+            Arc::new(Slot { base, state: Mutex::new(SlotState { space, generation: 0, live: false, restored: None }) });
         // Revocation reaches the space through its slot.
         let weak: Weak<Slot> = Arc::downgrade(&slot);
         slot.lock().space.set_window_owner(weak);

@@ -209,7 +209,14 @@ impl PreparedModule {
                 Some(Arc::from(plan))
             }
         };
-        Ok(PreparedModule { module, creator: creator.clone(), plan, not_prepared: meta.not_prepared, snapshots: None })
+        Ok(PreparedModule {
+            module,
+            creator: creator.clone(),
+            plan,
+            not_prepared: meta.not_prepared,
+            snapshots: None,
+            restore_mode: crate::RestoreMode::default(),
+        })
     }
 }
 

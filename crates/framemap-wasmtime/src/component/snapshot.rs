@@ -253,7 +253,12 @@ impl PreparedComponent {
             .map(|(facts, memory)| MemoryPlan {
                 facts: *facts,
                 image: None,
-                snapshot: Some(SnapshotStart { snapshot: snapshot.clone(), memory, images: images.clone() }),
+                snapshot: Some(SnapshotStart {
+                    snapshot: snapshot.clone(),
+                    memory,
+                    images: images.clone(),
+                    mode: crate::RestoreMode::default(),
+                }),
             })
             .collect();
         Ok((&support.restore, Pending::strict(self.creator.id(), Arc::from(plan))))
