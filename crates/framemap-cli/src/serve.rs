@@ -20,6 +20,9 @@
 //!   satisfied, is refused before the server listens. A guest that traps
 //!   or never sets its response gets `500 Internal Server Error` and one
 //!   `framemap: serve:` line on stderr; the server goes on.
+//! - **Comparison.** `--allocator wasmtime-pooling` (or any of `framemap
+//!   bench`'s allocators) serves the unchanged component on wasmtime's own
+//!   allocator, the same way, for benchmarks.
 //! - **Not yet:** outgoing HTTP requests from guests (they fail with
 //!   `HTTP-request-denied`: framemap builds wasmtime-wasi-http without its
 //!   TLS client), HTTP/2, and snapshots.
@@ -33,15 +36,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use clap::Args;
-use framemap_wasmtime::{FrameMemoryCreator, PreparedComponent, PreparedComponentInstancePre};
+use framemap_benches::{Allocator, EngineOptions};
+use framemap_wasmtime::{PreparedComponent, PreparedComponentInstancePre};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -71,6 +75,13 @@ pub struct ServeArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::run::parse_env)]
     pub envs: Vec<(String, String)>,
 
+    /// Whose memories serve the instances: `framemap` (prepared component,
+    /// recycled framemap slots), or, to compare, one of wasmtime's own
+    /// allocators on the unchanged component (`wasmtime-pooling` is
+    /// `wasmtime serve`'s default).
+    #[arg(long, default_value = "framemap", value_name = "ALLOCATOR", value_parser = parse_allocator)]
+    pub allocator: Allocator,
+
     /// The wasi:http component (`.wasm`), exporting
     /// `wasi:http/incoming-handler`.
     #[arg(value_name = "COMPONENT")]
@@ -83,10 +94,26 @@ pub fn serve(args: ServeArgs) -> Result<u8> {
     runtime.block_on(serve_async(args))
 }
 
-/// A prepared server, before it listens: what tests and the benchmark use.
+/// Parses an `--allocator` name.
+fn parse_allocator(name: &str) -> Result<Allocator, String> {
+    Allocator::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Allocator::ALL.iter().map(|a| a.name()).collect();
+        format!("unknown allocator `{name}` (one of: {})", names.join(", "))
+    })
+}
+
+/// How a request's instance is made.
+enum Pre {
+    /// A prepared component on framemap memories.
+    Framemap(PreparedComponentInstancePre<Host>),
+    /// The unchanged component on one of wasmtime's allocators.
+    Wasmtime(InstancePre<Host>),
+}
+
+/// A prepared server, before it listens.
 pub struct Server {
     engine: Engine,
-    pre: PreparedComponentInstancePre<Host>,
+    pre: Pre,
     indices: ProxyIndices,
     running: Semaphore,
     waiting: AtomicUsize,
@@ -97,23 +124,31 @@ pub struct Server {
 impl Server {
     /// Loads and prepares the component at `args.component` for serving.
     pub fn new(args: &ServeArgs) -> Result<Arc<Server>> {
-        let creator = FrameMemoryCreator::new();
-        let mut config = Config::new();
-        framemap_wasmtime::configure(&mut config, Arc::clone(&creator));
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("failed to create the engine")?;
+        let setup = args.allocator.setup(&EngineOptions::default()).context("failed to create the engine")?;
+        let engine = setup.engine;
         let path = &args.component;
         let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
-        let prepared = PreparedComponent::new(&creator, &engine, &bytes)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("failed to load `{}`", path.display()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        let pre = prepared
-            .instance_pre(&linker)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot serve `{}`: its imports cannot be satisfied", path.display()))?;
-        let indices = ProxyIndices::new(&linker.instantiate_pre(prepared.component())?).map_err(|e| {
+        let unsatisfied = || format!("cannot serve `{}`: its imports cannot be satisfied", path.display());
+        let (component, pre) = match setup.creator {
+            Some(creator) => {
+                let prepared = PreparedComponent::new(&creator, &engine, &bytes)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("failed to load `{}`", path.display()))?;
+                let pre = prepared.instance_pre(&linker).map_err(anyhow::Error::from).with_context(unsatisfied)?;
+                (prepared.component().clone(), Pre::Framemap(pre))
+            }
+            None => {
+                let component = Component::new(&engine, &bytes)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("failed to load `{}`", path.display()))?;
+                let pre = linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(unsatisfied)?;
+                (component, Pre::Wasmtime(pre))
+            }
+        };
+        let indices = ProxyIndices::new(&linker.instantiate_pre(&component)?).map_err(|e| {
             anyhow!(
                 "`{}` is not a wasi:http component (it must export `wasi:http/incoming-handler`): {e:#}",
                 path.display()
@@ -170,12 +205,11 @@ impl Server {
         let host =
             Host { wasi: wasi.build(), http: WasiHttpCtx::new(), table: ResourceTable::new(), hooks: NoOutgoing };
         let mut store = Store::new(&self.engine, host);
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(anyhow::Error::from)
-            .context("failed to instantiate")?;
+        let instance = match &self.pre {
+            Pre::Framemap(pre) => pre.instantiate_async(&mut store).await,
+            Pre::Wasmtime(pre) => pre.instantiate_async(&mut store).await,
+        };
+        let instance = instance.map_err(anyhow::Error::from).context("failed to instantiate")?;
         let proxy = self.indices.load(&mut store, &instance)?;
         let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
         let (sender, receiver) = tokio::sync::oneshot::channel();

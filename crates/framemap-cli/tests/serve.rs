@@ -107,6 +107,13 @@ fn every_request_gets_a_fresh_instance_from_the_image() {
     assert_eq!(hello.get("/"), (200, "hello from wasi:http\n".to_owned()));
     let (status, stderr) = hello.terminate();
     assert_eq!(status, Some(0), "{stderr}");
+    // The comparison mode: the unchanged component on wasmtime's pooling allocator.
+    let pooling = Server::start(&["--allocator", "wasmtime-pooling"], &guest("http_image.wasm"));
+    let (status, body) = pooling.get("/5");
+    assert_eq!(status, 200);
+    let pooled_checksum = body.split(' ').nth(1).map(str::to_owned);
+    let (status, stderr) = pooling.terminate();
+    assert_eq!(status, Some(0), "{stderr}");
 
     let image = Server::start(&["--max-concurrency", "2"], &guest("http_image.wasm"));
     // Each request writes 16 pages; the checksum it reports is taken
@@ -119,6 +126,7 @@ fn every_request_gets_a_fresh_instance_from_the_image() {
         assert_eq!(status, 200);
         assert_eq!(body.split(' ').nth(1), first.1.split(' ').nth(1), "instance saw an earlier request's writes");
     }
+    assert_eq!(first.1.split(' ').nth(1), pooled_checksum.as_deref(), "framemap and wasmtime's allocator agree");
     let (status, stderr) = image.terminate();
     assert_eq!(status, Some(0), "{stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
@@ -148,6 +156,7 @@ fn components_that_cannot_be_served_are_one_line_errors() {
     for (component, expected) in [
         (wasip2.to_str().expect("utf-8").to_owned(), "is not a wasi:http component"),
         ("/nonexistent.wasm".to_owned(), "failed to read"),
+        ("--allocator=nope".to_owned(), "unknown allocator `nope`"),
     ] {
         let out = Command::new(FRAMEMAP).args(["serve", "--addr", "127.0.0.1:0", &component]).output().expect("spawn");
         let stderr = String::from_utf8_lossy(&out.stderr);
