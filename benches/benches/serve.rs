@@ -132,6 +132,11 @@ fn main() {
         println!("serve: set FRAMEMAP_BIN to a release `framemap` binary to run this benchmark; nothing measured");
         return;
     };
+    // Benches run in `benches/`: a relative path is the workspace's.
+    let bin = match std::path::Path::new(&bin).is_relative() {
+        true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&bin).to_string_lossy().into_owned(),
+        false => bin,
+    };
     for (name, path) in COMPONENTS {
         let component = concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path;
         let mut results: Vec<(&str, Vec<u64>)> = vec![("framemap", Vec::new()), ("wasmtime-pooling", Vec::new())];

@@ -124,8 +124,15 @@ impl LinearSpace {
                 });
             }
         }
-        if actual.len() != expected.len() {
-            return Err(Error::Diverged { start: 0, end: self.total(), detail: "kernel has extra mappings".into() });
+        if let Some(extra) = actual.get(expected.len()) {
+            let Segment { start, end, perms, file } = extra;
+            let file = file.map_or("anon".to_string(), |f| format!("inode {} @ {:#x}", f.inode, f.offset));
+            let detail = format!(
+                "kernel has extra mappings, from {start:#x}..{end:#x} {} {file} (the table's runs end at {:#x})",
+                String::from_utf8_lossy(perms),
+                expected.last().map_or(0, |s| s.end)
+            );
+            return Err(Error::Diverged { start: *start, end: self.total(), detail });
         }
         Ok(())
     }
