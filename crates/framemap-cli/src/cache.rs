@@ -103,7 +103,8 @@ pub fn load(
     // fingerprint their key and trailer hold; a damaged one fails its
     // checksum before wasmtime sees it. Like wasmtime's own cache, this
     // trusts whoever can write the cache directory.
-    match unsafe { PreparedModule::load_artifact(creator, engine, &entry) } {
+    let loaded = unsafe { PreparedModule::load_artifact(creator, engine, &entry) };
+    match loaded {
         Ok(prepared) => {
             touch(&entry);
             if bytes.is_some() {

@@ -187,8 +187,9 @@ impl PreparedModule {
         // that it does not change while the module lives; the compiled
         // module is its first `module_len` bytes, and wasmtime reads nothing
         // past them.
-        let module = unsafe { Module::deserialize_open_file(engine, clone()?) }
-            .map_err(|e| Error::ArtifactDeserialize { path: path.to_owned(), message: format!("{e:#}") })?;
+        let module = unsafe { Module::deserialize_open_file(engine, clone()?) };
+        let module =
+            module.map_err(|e| Error::ArtifactDeserialize { path: path.to_owned(), message: format!("{e:#}") })?;
         let plan = match meta.memories {
             None => None,
             Some(memories) => {
@@ -196,13 +197,18 @@ impl PreparedModule {
                 for (memory, (facts, range)) in memories.into_iter().enumerate() {
                     let image = match range {
                         None => None,
-                        // SAFETY: the caller guarantees the file does not
-                        // change or shrink while the image lives; the range
-                        // lies inside it (checked by `decode_meta`).
-                        Some((offset, len)) => Some(
-                            unsafe { Image::from_file_range_unchecked(clone()?, offset, len) }
-                                .map_err(|source| Error::ArtifactImage { path: path.to_owned(), memory, source })?,
-                        ),
+                        Some((offset, len)) => {
+                            let file = clone()?;
+                            // SAFETY: the caller guarantees the file does not
+                            // change or shrink while the image lives; the range
+                            // lies inside it (checked by `decode_meta`).
+                            let image = unsafe { Image::from_file_range_unchecked(file, offset, len) };
+                            Some(image.map_err(|source| Error::ArtifactImage {
+                                path: path.to_owned(),
+                                memory,
+                                source,
+                            })?)
+                        }
                     };
                     plan.push(MemoryPlan { facts, image, snapshot: None });
                 }

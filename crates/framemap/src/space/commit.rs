@@ -328,8 +328,8 @@ impl LinearSpace {
                 // covers the range (`map_image`/`restore_layout` check
                 // it against the image's length, which lies inside the file
                 // from `file_offset`).
-                unsafe { mman::replace_with_file(addr, len, frame.prot(), image.fd(), offset, false) }
-                    .map_err(|e| kernel("mmap", e))?;
+                let mapped = unsafe { mman::replace_with_file(addr, len, frame.prot(), image.fd(), offset, false) };
+                mapped.map_err(|e| kernel("mmap", e))?;
             }
             FrameKind::Shared { buffer, page } => {
                 let buffer = self.buffers.get(&buffer).ok_or(Error::UnknownBacking { id: buffer.0 })?;
