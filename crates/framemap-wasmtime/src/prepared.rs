@@ -243,37 +243,10 @@ impl PreparedModule {
     /// Checks that `snapshot` fits this module and plans its memories.
     fn restore_plan(&self, snapshot: &Snapshot) -> Result<(&SnapshotSupport, Pending)> {
         let support = self.snapshot_support()?;
-        snapshot.check_chain().map_err(Error::Snapshot)?;
-        let manifest = snapshot.manifest();
-        let names: Vec<String> = support.layout.memories.iter().map(|&i| memory_export(i)).collect();
-        if manifest.memories.len() != names.len() || names.iter().any(|n| snapshot.memory(n).is_err()) {
-            let held: Vec<&str> = manifest.memories.iter().map(|m| m.name.as_str()).collect();
-            return Err(Error::SnapshotMismatch {
-                detail: format!("the module's memories are {names:?}, the snapshot holds {held:?}"),
-            });
-        }
-        for &index in &support.layout.globals {
-            let name = global_export(index);
-            if !manifest.globals.iter().any(|g| g.name == name) {
-                return Err(Error::SnapshotMismatch { detail: format!("global {name:?} is missing") });
-            }
-        }
+        let names = support.layout.memories.iter().map(|&i| memory_export(i)).collect();
+        let globals = support.layout.globals.iter().map(|&i| global_export(i));
         let images: Vec<Image> = self.images().into_iter().flatten().collect();
-        let plan: Vec<MemoryPlan> = support
-            .facts
-            .iter()
-            .zip(names)
-            .map(|(facts, memory)| MemoryPlan {
-                facts: *facts,
-                image: None,
-                snapshot: Some(SnapshotStart {
-                    snapshot: snapshot.clone(),
-                    memory,
-                    images: images.clone(),
-                    mode: self.restore_mode,
-                }),
-            })
-            .collect();
+        let plan = snapshot_plan(snapshot, "module", &support.facts, names, globals, &images, self.restore_mode)?;
         Ok((support, Pending::new(self.creator.id(), Arc::from(plan))))
     }
 
@@ -464,6 +437,40 @@ impl<T: 'static> PreparedInstancePre<T> {
     pub fn prepared(&self) -> &PreparedModule {
         &self.prepared
     }
+}
+
+/// Checks that `snapshot` (its parents attached) holds exactly the memories
+/// `names` (of types `facts`) and at least the globals `globals` of a
+/// `what` (module, component), and plans each memory from it: clean image
+/// pages resolved from `images`, laid out as `mode` says.
+pub(crate) fn snapshot_plan(
+    snapshot: &Snapshot,
+    what: &str,
+    facts: &[MemoryFacts],
+    names: Vec<String>,
+    globals: impl IntoIterator<Item = String>,
+    images: &[Image],
+    mode: RestoreMode,
+) -> Result<Vec<MemoryPlan>> {
+    snapshot.check_chain().map_err(Error::Snapshot)?;
+    let manifest = snapshot.manifest();
+    if manifest.memories.len() != names.len() || names.iter().any(|n| snapshot.memory(n).is_err()) {
+        let held: Vec<&str> = manifest.memories.iter().map(|m| m.name.as_str()).collect();
+        return Err(Error::SnapshotMismatch {
+            detail: format!("the {what}'s memories are {names:?}, the snapshot holds {held:?}"),
+        });
+    }
+    for name in globals {
+        if !manifest.globals.iter().any(|g| g.name == name) {
+            return Err(Error::SnapshotMismatch { detail: format!("global {name:?} is missing") });
+        }
+    }
+    let plan = facts.iter().zip(names).map(|(facts, memory)| MemoryPlan {
+        facts: *facts,
+        image: None,
+        snapshot: Some(SnapshotStart { snapshot: snapshot.clone(), memory, images: images.to_vec(), mode }),
+    });
+    Ok(plan.collect())
 }
 
 /// Sets the mutable globals of a just restored `instance` to `snapshot`'s.

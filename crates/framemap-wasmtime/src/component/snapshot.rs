@@ -15,10 +15,11 @@
 
 use super::PreparedComponent;
 use super::accessors::{component_getter, component_setter};
+use crate::RestoreMode;
 use crate::error::{Error, Result};
 use crate::handle::MemoryHandle;
-use crate::image_plan::{MemoryPlan, Pending, SnapshotStart, WithPlan};
-use crate::prepared::check_served;
+use crate::image_plan::{Pending, WithPlan};
+use crate::prepared::{check_served, snapshot_plan};
 use framemap::Image;
 use framemap::snapshot::{GlobalValue, Snapshot, SnapshotWriter};
 use std::sync::Arc;
@@ -227,40 +228,15 @@ impl PreparedComponent {
     /// Checks that `snapshot` fits this component and plans its memories.
     fn restore_plan(&self, snapshot: &Snapshot) -> Result<(&Component, Pending)> {
         let support = self.snapshot_support()?;
-        snapshot.check_chain().map_err(Error::Snapshot)?;
-        let manifest = snapshot.manifest();
-        let names: Vec<String> = (0..support.facts.len()).map(memory_name).collect();
-        if manifest.memories.len() != names.len() || names.iter().any(|n| snapshot.memory(n).is_err()) {
-            let held: Vec<&str> = manifest.memories.iter().map(|m| m.name.as_str()).collect();
-            return Err(Error::SnapshotMismatch {
-                detail: format!("the component's memories are {names:?}, the snapshot holds {held:?}"),
-            });
-        }
-        for (instance, globals) in &support.lifted {
-            for accessed in globals {
-                let name = global_name(*instance, accessed.global);
-                if !manifest.globals.iter().any(|g| g.name == name) {
-                    return Err(Error::SnapshotMismatch { detail: format!("global {name:?} is missing") });
-                }
-            }
-        }
+        let names = (0..support.facts.len()).map(memory_name).collect();
+        let globals = support
+            .lifted
+            .iter()
+            .flat_map(|(instance, globals)| globals.iter().map(move |a| global_name(*instance, a.global)));
         let own = self.plan.as_deref().unwrap_or_default();
         let images: Vec<Image> = own.iter().filter_map(|p| p.image.clone()).collect();
-        let plan: Vec<MemoryPlan> = support
-            .facts
-            .iter()
-            .zip(names)
-            .map(|(facts, memory)| MemoryPlan {
-                facts: *facts,
-                image: None,
-                snapshot: Some(SnapshotStart {
-                    snapshot: snapshot.clone(),
-                    memory,
-                    images: images.clone(),
-                    mode: crate::RestoreMode::default(),
-                }),
-            })
-            .collect();
+        let plan =
+            snapshot_plan(snapshot, "component", &support.facts, names, globals, &images, RestoreMode::default())?;
         Ok((&support.restore, Pending::strict(self.creator.id(), Arc::from(plan))))
     }
 
