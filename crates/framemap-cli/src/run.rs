@@ -238,9 +238,19 @@ fn write_snapshot(
     instance: &Instance,
     file: &Path,
 ) -> Result<()> {
+    write_snapshot_file(file, |writer| prepared.capture(&mut *store, instance, writer))
+}
+
+/// Writes a synced snapshot file at `file` with what `capture` puts in the
+/// writer, and says so on stderr: the one way every `--snapshot-out` is
+/// written, for modules and components alike.
+pub(crate) fn write_snapshot_file(
+    file: &Path,
+    capture: impl FnOnce(&mut SnapshotWriter) -> framemap_wasmtime::Result<()>,
+) -> Result<()> {
     let context = || format!("cannot write the snapshot `{}`", file.display());
     let mut writer = SnapshotWriter::to_path(file, Durability::Synced).with_context(context)?;
-    prepared.capture(&mut *store, instance, &mut writer).with_context(context)?;
+    capture(&mut writer).with_context(context)?;
     let info = writer.finish().with_context(context)?;
     eprintln!(
         "framemap: snapshot: wrote `{}` ({} data pages, {} bytes, id {})",

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use framemap::snapshot::{Durability, Snapshot, SnapshotWriter};
+use framemap::snapshot::Snapshot;
 use framemap_wasmtime::component::TrackedInstance;
 use framemap_wasmtime::{FrameMemoryCreator, PreparedComponent};
 use wasmtime::component::Linker;
@@ -33,7 +33,7 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
-use crate::run::{RunArgs, guest_failure, print_stats, wasi_builder};
+use crate::run::{RunArgs, guest_failure, print_stats, wasi_builder, write_snapshot_file};
 
 /// Whether the file at `path` is a component (by its binary header; a
 /// `.wat` text file is a module).
@@ -61,18 +61,7 @@ fn write_snapshot(
     tracked: &TrackedInstance,
     file: &Path,
 ) -> Result<()> {
-    let context = || format!("cannot write the snapshot `{}`", file.display());
-    let mut writer = SnapshotWriter::to_path(file, Durability::Synced).with_context(context)?;
-    prepared.capture(&mut *store, tracked, &mut writer).with_context(context)?;
-    let info = writer.finish().with_context(context)?;
-    eprintln!(
-        "framemap: snapshot: wrote `{}` ({} data pages, {} bytes, id {})",
-        file.display(),
-        info.data_pages,
-        info.file_len,
-        info.id
-    );
-    Ok(())
+    write_snapshot_file(file, |writer| prepared.capture(&mut *store, tracked, writer))
 }
 
 /// The store's data: the preview 2 WASI context and its resource table.
