@@ -10,9 +10,16 @@
 //! content: 513 runs), and the latter captured with
 //! `SnapshotWriter::fill_gaps(8)` (the gaps stored too: one run).
 //!
-//! Besides criterion's statistics, the medians of interleaved rounds (both
-//! sides alternating, so machine noise hits both alike) are printed as
-//! ratios.
+//! Besides criterion's statistics, the medians of interleaved rounds (the
+//! sides alternating in blocks, so machine noise hits all alike) are
+//! printed as ratios. Each block's first iteration is reported apart
+//! ("re-layout": the slot served the side before, so its layout is
+//! replaced, paying the kernel's cost per mapping removed and made); the
+//! rest of the block is the steady state of a slot serving the same
+//! snapshot again, which the target is about. A sweep then restores
+//! snapshots after `touch(k)` for k in 0, 4, 16, 64, 256 (2k + 1 runs) and
+//! prints the steady-state cost per run: the reset's `PAGEMAP_SCAN` walks
+//! every mapping, and each stored run is one mapping.
 //!
 //! Working sets (`working_set` in the filter selects only them): the first
 //! call after a restore, timed alone with its minor page faults counted
@@ -131,37 +138,85 @@ fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v[v.len() / 2]
 }
 
+/// One block of a side: its first iteration (the slot served another
+/// layout before: a re-layout) and the mean of the `BLOCK` after it (the
+/// slot served this one: steady state, what a server restoring the same
+/// snapshot sees).
+fn block(mut once: impl FnMut() -> Duration) -> (Duration, Duration) {
+    const BLOCK: usize = 50;
+    let first = once();
+    (first, (0..BLOCK).map(|_| once()).sum::<Duration>() / BLOCK as u32)
+}
+
 fn ratios(s: &Setup, fresh: &Snapshot, dirty: &Snapshot, dense: &Snapshot) {
     const ROUNDS: usize = 41;
-    const BLOCK: usize = 50;
-    let (mut p, mut f, mut d, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Sides: prepared instantiation, then restores of each snapshot.
+    let snapshots = [fresh, dirty, dense];
+    let mut first = vec![Vec::new(); 4];
+    let mut steady = vec![Vec::new(); 4];
     for _ in 0..ROUNDS {
-        g.push((0..BLOCK).map(|_| restored_once(s, dense)).sum::<Duration>() / BLOCK as u32);
-        p.push((0..BLOCK).map(|_| prepared_once(s)).sum::<Duration>() / BLOCK as u32);
-        f.push((0..BLOCK).map(|_| restored_once(s, fresh)).sum::<Duration>() / BLOCK as u32);
-        d.push((0..BLOCK).map(|_| restored_once(s, dirty)).sum::<Duration>() / BLOCK as u32);
+        for side in 0..4 {
+            let (f, m) = match side {
+                0 => block(|| prepared_once(s)),
+                i => block(|| restored_once(s, snapshots[i - 1])),
+            };
+            first[side].push(f);
+            steady[side].push(m);
+        }
     }
-    let (p, f, d, g) = (median(p), median(f), median(d), median(g));
-    println!(
-        "\ninstance snapshots (built-in module, store + instantiate or restore + touch(16) + drop; medians of {ROUNDS} rounds of {BLOCK}):"
-    );
-    println!("  prepared instantiation:                 {p:?}");
-    println!("  restore, snapshot right after start:    {f:?} ({:.2}x)", f.as_secs_f64() / p.as_secs_f64());
-    println!(
-        "  restore, snapshot after touch(256):     {d:?} ({:.2}x; target <= 1.2x: {})",
-        d.as_secs_f64() / p.as_secs_f64(),
-        if d.as_secs_f64() / p.as_secs_f64() <= 1.2 { "met" } else { "MISSED" }
-    );
+    let first: Vec<Duration> = first.into_iter().map(median).collect();
+    let steady: Vec<Duration> = steady.into_iter().map(median).collect();
+    let p = steady[0];
+    let ratio = |d: Duration| d.as_secs_f64() / p.as_secs_f64();
+    let verdict = |d: Duration| if ratio(d) <= 1.2 { "met" } else { "MISSED" };
     let runs = |snap: &Snapshot| snap.manifest().memories.iter().map(|m| m.runs.len()).sum::<usize>();
     println!(
-        "  restore, touch(256), gaps filled:        {g:?} ({:.2}x; target <= 1.2x: {}); {} runs and {} data pages, against {} and {}",
-        g.as_secs_f64() / p.as_secs_f64(),
-        if g.as_secs_f64() / p.as_secs_f64() <= 1.2 { "met" } else { "MISSED" },
-        runs(dense),
-        dense.data_pages(),
-        runs(dirty),
-        dirty.data_pages()
+        "\ninstance snapshots (built-in module, store + instantiate or restore + touch(16) + drop; medians of {ROUNDS} rounds; \
+         steady: mean of 50 in a slot that served the same layout; re-layout: the first of the block, the slot having served the side before):"
     );
+    println!("  prepared instantiation:                 steady {p:?}; re-layout {:?}", first[0]);
+    for (i, name) in
+        ["snapshot right after start", "snapshot after touch(256)", "touch(256), gaps filled"].into_iter().enumerate()
+    {
+        let (d, f, snap) = (steady[i + 1], first[i + 1], snapshots[i]);
+        println!(
+            "  restore, {name:<27} steady {d:?} ({:.2}x; target <= 1.2x: {}); re-layout {f:?}; {} runs, {} data pages",
+            ratio(d),
+            verdict(d),
+            runs(snap),
+            snap.data_pages()
+        );
+    }
+}
+
+/// Steady-state restore time against the number of runs: snapshots after
+/// `touch(k)` (k scattered pages: 2k + 1 runs), each restored into a slot
+/// that served it, against prepared instantiation in the same rounds. The
+/// slope is the kernel's cost per mapping in the reset's `PAGEMAP_SCAN`
+/// walk and the restore's per-run check.
+fn runs_sweep(s: &Setup) {
+    const ROUNDS: usize = 21;
+    let ks = [0, 4, 16, 64, 256];
+    let snapshots: Vec<Snapshot> = ks.iter().map(|&k| snapshot_after(s, k, 0)).collect();
+    let mut prepared = Vec::new();
+    let mut restored = vec![Vec::new(); ks.len()];
+    for _ in 0..ROUNDS {
+        prepared.push(block(|| prepared_once(s)).1);
+        for (i, snap) in snapshots.iter().enumerate() {
+            restored[i].push(block(|| restored_once(s, snap)).1);
+        }
+    }
+    let p = median(prepared);
+    println!("\nsteady-state restore against runs (medians of {ROUNDS} rounds of 50; prepared instantiation {p:?}):");
+    let runs = |snap: &Snapshot| snap.manifest().memories.iter().map(|m| m.runs.len()).sum::<usize>();
+    let mut points = Vec::new();
+    for (snap, times) in snapshots.iter().zip(restored) {
+        let d = median(times);
+        points.push((runs(snap) as f64, d.as_secs_f64()));
+        println!("  {:>4} runs: {d:?} ({:.2}x)", runs(snap), d.as_secs_f64() / p.as_secs_f64());
+    }
+    let (first, last) = (points[0], points[points.len() - 1]);
+    println!("  slope: {:.2} us per run", (last.1 - first.1) / (last.0 - first.0) * 1e6);
 }
 
 /// The first call of a working-set comparison: `run()` (reads) or
@@ -311,6 +366,7 @@ fn bench(c: &mut Criterion) {
     assert_eq!(fresh.data_pages(), 0, "a fresh instance's pages are the image's: nothing stored");
     assert!(dirty.data_pages() >= 256);
     ratios(&s, &fresh, &dirty, &dense);
+    runs_sweep(&s);
     c.bench_function("snapshot_instance/prepared instantiate + touch(16) + drop", |b| b.iter(|| prepared_once(&s)));
     c.bench_function("snapshot_instance/restore + touch(16) + drop", |b| b.iter(|| restored_once(&s, &dirty)));
 }

@@ -430,3 +430,48 @@ fn an_image_of_a_file_range_maps_reads_and_resets_from_its_offset() {
     drop((s, image));
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Write tracking covers every run of a fragmented layout (its runs are
+/// registered together, one stretch per call): after a reset protects the
+/// pages it restored, the next finds exactly the pages written since, in
+/// image runs and zero runs alike.
+#[test]
+fn writes_are_tracked_in_every_run_of_a_fragmented_layout() {
+    let p = framemap::host_page_size() as u64;
+    let (mut space, _image, bytes) = imaged_space();
+    for page in (1..32).step_by(2) {
+        space.map_zero(page * p, p, Protection::ReadWrite).unwrap();
+    }
+    assert!(space.table().runs_in(PageRange::new(0, 64)).count() >= 32, "one run per page of the first 32");
+    let expected = |page: u64| if page < 32 && page % 2 == 1 { 0 } else { bytes[(page * p) as usize] };
+    for page in 0..32 {
+        space.write(page * p, &[0xAA]).unwrap();
+    }
+    let policy = ResetPolicy::default();
+    let first = space.restore_dirty(policy).unwrap();
+    assert_eq!(first.dirty, 32 * p);
+    for page in 0..64 {
+        let mut b = [0u8];
+        space.read(page * p, &mut b).unwrap();
+        assert_eq!(b[0], expected(page), "page {page} after the first reset");
+    }
+    if !framemap::testing::feature_present(
+        framemap::write_tracking_supported(),
+        "write tracking (PAGEMAP_SCAN and userfaultfd write-protection)",
+        "FRAMEMAP_REQUIRE_UFFD_WP",
+    ) {
+        return;
+    }
+    assert!(first.protected, "a new dirty set is protected at once");
+    for page in [7, 30] {
+        space.write(page * p, &[0x55]).unwrap();
+    }
+    let second = space.restore_dirty(policy).unwrap();
+    assert_eq!(second.dirty, 2 * p, "only the pages written since, whichever run they are in");
+    for page in 0..64 {
+        let mut b = [0u8];
+        space.read(page * p, &mut b).unwrap();
+        assert_eq!(b[0], expected(page), "page {page} after the second reset");
+    }
+    space.validate().unwrap();
+}

@@ -154,21 +154,35 @@ impl Reprotect {
 
 impl LinearSpace {
     /// Registers the accessible Zero and Image runs for write tracking if
-    /// the layout changed since they were (one `ioctl` per run); true if
-    /// they are registered. A run the kernel refuses stays untracked: its
-    /// present pages always count as written (see [`crate::sys::uffd`]).
+    /// the layout changed since they were; true if they are registered. A
+    /// run the kernel refuses stays untracked: its present pages always
+    /// count as written (see [`crate::sys::uffd`]).
+    ///
+    /// Adjacent eligible runs are registered together, one `ioctl` per
+    /// stretch of them rather than one per run: a restored snapshot whose
+    /// stored pages are scattered through an image has hundreds of runs
+    /// (one mapping each) but one stretch, and the kernel registers every
+    /// mapping of a range in one call.
     pub(super) fn register_for_tracking(&mut self) -> bool {
         if let Some(registered) = self.tracking.registered {
             return registered;
         }
         let mut registered = uffd::supported();
         if registered {
+            let mut stretches: Vec<PageRange> = Vec::new();
             for (run, frame) in self.table.runs_in(self.accessible_pages()) {
                 if matches!(frame.kind(), FrameKind::Zero | FrameKind::Image { .. }) {
-                    // SAFETY: `run` is mapped inside this space's reservation.
-                    let ok = unsafe { uffd::register(self.addr_of(run.start), (run.len() * self.page) as usize) };
-                    registered &= ok.is_ok();
+                    match stretches.last_mut() {
+                        Some(last) if last.end == run.start => last.end = run.end,
+                        _ => stretches.push(run),
+                    }
                 }
+            }
+            for stretch in stretches {
+                // SAFETY: `stretch` is made of runs mapped inside this
+                // space's reservation, with no gap between them.
+                let ok = unsafe { uffd::register(self.addr_of(stretch.start), (stretch.len() * self.page) as usize) };
+                registered &= ok.is_ok();
             }
         }
         self.tracking.registered = Some(registered);
