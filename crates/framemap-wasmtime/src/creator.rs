@@ -19,6 +19,7 @@ use crate::image_plan::{self, SnapshotStart};
 use crate::memory::{FrameMemory, Recycler, Serving};
 use crate::pool::{IdleSlot, SlotKey, SlotPool};
 use crate::slot::{RestoredFrom, Slot};
+use crate::snapshot_buffers::RestoreSources;
 use framemap::snapshot::RestoreOptions;
 use framemap::{BackingId, Image, LinearSpace, PageRange, Prefetch, ResetPolicy, SpaceConfig};
 use rustc_hash::FxHashMap as HashMap;
@@ -200,7 +201,11 @@ impl CreatorShared {
             self.idle.store(pool.len(), Ordering::Relaxed);
             taken
         };
-        let mut images = start.images.clone();
+        // Windows are granted to the slot that serves the memory.
+        let sources = |slot: &Arc<Slot>| {
+            let owner: Weak<Slot> = Arc::downgrade(slot);
+            RestoreSources { images: start.images.clone(), buffers: start.buffers.clone(), owner }
+        };
         let (prefetch, recording) = match start.mode {
             RestoreMode::Prefetch(prefetch) => (prefetch, false),
             RestoreMode::Record => (Prefetch::Off, true),
@@ -215,7 +220,7 @@ impl CreatorShared {
                 // restore records a working set (kept frames keep the
                 // page-table entries of the slot's last memory).
                 let options = RestoreOptions { prefetch, keep_reset_frames: !recording };
-                let restored = state.space.restore_with(&start.snapshot, &start.memory, &mut images, options);
+                let restored = state.space.restore_with(&start.snapshot, &start.memory, &mut sources(&slot), options);
                 restored.map(|_| {
                     let (len, capacity) = (state.space.len(), state.space.capacity());
                     let generation = state.start_serving();
@@ -237,18 +242,28 @@ impl CreatorShared {
         let mut space = LinearSpace::new(SpaceConfig { capacity: key.capacity, guard: key.guard, initial_len: 0 })
             .map_err(create)?;
         space.set_run_budget(self.config.max_runs);
+        // The slot exists before the restore, so windows can be granted to
+        // it; it is registered only once the restore succeeded (a failed
+        // one drops it and its reservation).
+        let slot = Slot::new(space);
         let options = RestoreOptions { prefetch, keep_reset_frames: false };
-        space.restore_with(&start.snapshot, &start.memory, &mut images, options).map_err(create)?;
-        let serving = self.serve_new(space);
+        slot.lock().space.restore_with(&start.snapshot, &start.memory, &mut sources(&slot), options).map_err(create)?;
+        let serving = self.serve_slot(slot);
         serving.slot.lock().restored = Some(restored_from);
         Ok(serving)
     }
 
     /// A new slot for `space`, registered, serving its first memory.
     fn serve_new(&self, space: LinearSpace) -> Serving {
-        let (len, capacity) = (space.len(), space.capacity());
-        let slot = Slot::new(space);
-        let generation = slot.lock().start_serving();
+        self.serve_slot(Slot::new(space))
+    }
+
+    /// `slot`, new, registered and serving its first memory.
+    fn serve_slot(&self, slot: Arc<Slot>) -> Serving {
+        let (len, capacity, generation) = {
+            let mut state = slot.lock();
+            (state.space.len(), state.space.capacity(), state.start_serving())
+        };
         lock(&self.slots).insert(slot.base(), Arc::downgrade(&slot));
         self.created.fetch_add(1, Ordering::Relaxed);
         Serving { slot, generation, len, capacity }

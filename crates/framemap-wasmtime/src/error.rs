@@ -190,6 +190,26 @@ pub enum Error {
         /// Why, in words.
         reason: String,
     },
+    /// A buffer cannot take this name in a [`crate::SnapshotBuffers`].
+    #[error("buffer name {name:?} refused: {reason}")]
+    BufferName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A snapshot's window names a buffer the module's or component's
+    /// [`crate::SnapshotBuffers`] lacks: it cannot be restored (never with
+    /// zero pages in the window's place).
+    #[error(
+        "memory {memory:?} of the snapshot has a window of buffer {name:?}, which the snapshot buffers do not name"
+    )]
+    MissingBuffer {
+        /// The memory in the snapshot.
+        memory: String,
+        /// The buffer's name.
+        name: String,
+    },
     /// Capturing or opening a snapshot failed in the core.
     #[error("snapshot: {0}")]
     Snapshot(#[source] framemap::Error),

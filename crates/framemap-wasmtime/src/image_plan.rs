@@ -66,6 +66,8 @@ pub(crate) struct SnapshotStart {
     pub memory: String,
     /// The images its clean pages may name (the module's own).
     pub images: Vec<Image>,
+    /// The buffers its windows may name.
+    pub buffers: Arc<crate::SnapshotBuffers>,
     /// How the memory is laid out and its working set brought in.
     pub mode: crate::RestoreMode,
 }

@@ -38,6 +38,8 @@ mod prepared;
 mod report;
 pub mod rewrite;
 mod slot;
+mod snapshot_buffers;
+mod snapshot_plan;
 pub mod state;
 mod working_set;
 
@@ -48,4 +50,5 @@ pub use error::{Error, Result};
 pub use handle::MemoryHandle;
 pub use prepared::{PreparedInstancePre, PreparedModule};
 pub use report::FrameReport;
+pub use snapshot_buffers::SnapshotBuffers;
 pub use working_set::{MemoryWorkingSet, RestoreMode};

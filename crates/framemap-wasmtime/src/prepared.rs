@@ -14,8 +14,10 @@
 
 use crate::creator::FrameMemoryCreator;
 use crate::error::{Error, Result};
-use crate::image_plan::{MemoryFacts, MemoryPlan, Pending, SnapshotStart, WithPlan};
+use crate::image_plan::{MemoryFacts, MemoryPlan, Pending, WithPlan};
 use crate::rewrite::{MemoryInit, NotPrepared, Preparation, defined_memories, prepare};
+use crate::snapshot_buffers::SnapshotBuffers;
+use crate::snapshot_plan::{PlanSources, snapshot_plan};
 use crate::state::{StateLayout, export_state, global_export, memory_export, restore_variant};
 use crate::working_set::RestoreMode;
 use framemap::Image;
@@ -40,6 +42,9 @@ pub struct PreparedModule {
     pub(crate) snapshots: Option<Arc<SnapshotSupport>>,
     /// How snapshot restores lay memories out ([`PreparedModule::set_restore_mode`]).
     pub(crate) restore_mode: RestoreMode,
+    /// The buffers windows are named from and re-bound to
+    /// ([`PreparedModule::set_snapshot_buffers`]).
+    pub(crate) buffers: Arc<SnapshotBuffers>,
 }
 
 /// What capturing and restoring instances of a module needs.
@@ -98,6 +103,7 @@ impl PreparedModule {
             not_prepared,
             snapshots: None,
             restore_mode: RestoreMode::default(),
+            buffers: Arc::default(),
         })
     }
 
@@ -146,7 +152,10 @@ impl PreparedModule {
     /// mutable global, as `framemap:global:N` (see [`crate::state`]). With
     /// an incremental writer, each memory stores only what changed since the
     /// parent was captured (or since the instance was restored from it).
-    /// The guest must not be running (the store is borrowed mutably).
+    /// Windows of host buffers are recorded by the names the module's
+    /// [`SnapshotBuffers`] give them ([`PreparedModule::set_snapshot_buffers`]);
+    /// a window of a buffer it does not name is refused. The guest must not
+    /// be running (the store is borrowed mutably).
     pub fn capture(
         &self,
         mut store: impl AsContextMut,
@@ -161,7 +170,7 @@ impl PreparedModule {
             let name = memory_export(index);
             let memory = instance.get_memory(&mut store, &name).ok_or_else(|| missing(&name))?;
             let handle = self.creator.handle(&store, &memory)?;
-            handle.capture(&mut store, writer, &name, &|_| None)?;
+            self.buffers.capture(&handle, &mut store, writer, &name)?;
         }
         for &index in &support.layout.globals {
             let name = global_export(index);
@@ -185,7 +194,9 @@ impl PreparedModule {
     /// snapshot's, its start function not run again and no data segment
     /// applied (the snapshot holds their effects); tables are rebuilt from
     /// the module's element segments (a module that changes tables cannot be
-    /// captured). Refused if the snapshot does not fit the module. Each
+    /// captured). Windows are re-bound to the buffers of the module's
+    /// [`SnapshotBuffers`]. Refused if the snapshot does not fit the module
+    /// or names a buffer the module's `SnapshotBuffers` lack. Each
     /// memory's recorded working set is prefetched as the module's
     /// [`RestoreMode`] says ([`PreparedModule::set_restore_mode`]).
     pub fn instantiate_snapshot(
@@ -246,7 +257,8 @@ impl PreparedModule {
         let names = support.layout.memories.iter().map(|&i| memory_export(i)).collect();
         let globals = support.layout.globals.iter().map(|&i| global_export(i));
         let images: Vec<Image> = self.images().into_iter().flatten().collect();
-        let plan = snapshot_plan(snapshot, "module", &support.facts, names, globals, &images, self.restore_mode)?;
+        let sources = PlanSources { images: &images, buffers: &self.buffers, mode: self.restore_mode };
+        let plan = snapshot_plan(snapshot, "module", &support.facts, names, globals, sources)?;
         Ok((support, Pending::new(self.creator.id(), Arc::from(plan))))
     }
 
@@ -437,40 +449,6 @@ impl<T: 'static> PreparedInstancePre<T> {
     pub fn prepared(&self) -> &PreparedModule {
         &self.prepared
     }
-}
-
-/// Checks that `snapshot` (its parents attached) holds exactly the memories
-/// `names` (of types `facts`) and at least the globals `globals` of a
-/// `what` (module, component), and plans each memory from it: clean image
-/// pages resolved from `images`, laid out as `mode` says.
-pub(crate) fn snapshot_plan(
-    snapshot: &Snapshot,
-    what: &str,
-    facts: &[MemoryFacts],
-    names: Vec<String>,
-    globals: impl IntoIterator<Item = String>,
-    images: &[Image],
-    mode: RestoreMode,
-) -> Result<Vec<MemoryPlan>> {
-    snapshot.check_chain().map_err(Error::Snapshot)?;
-    let manifest = snapshot.manifest();
-    if manifest.memories.len() != names.len() || names.iter().any(|n| snapshot.memory(n).is_err()) {
-        let held: Vec<&str> = manifest.memories.iter().map(|m| m.name.as_str()).collect();
-        return Err(Error::SnapshotMismatch {
-            detail: format!("the {what}'s memories are {names:?}, the snapshot holds {held:?}"),
-        });
-    }
-    for name in globals {
-        if !manifest.globals.iter().any(|g| g.name == name) {
-            return Err(Error::SnapshotMismatch { detail: format!("global {name:?} is missing") });
-        }
-    }
-    let plan = facts.iter().zip(names).map(|(facts, memory)| MemoryPlan {
-        facts: *facts,
-        image: None,
-        snapshot: Some(SnapshotStart { snapshot: snapshot.clone(), memory, images: images.to_vec(), mode }),
-    });
-    Ok(plan.collect())
 }
 
 /// Sets the mutable globals of a just restored `instance` to `snapshot`'s.

@@ -250,3 +250,51 @@ fn a_snapshot_of_another_component_is_refused() {
     let err = prepared.capture(&mut store, &tracked, &mut writer).expect_err("not this component's");
     assert!(matches!(err, Error::SnapshotMismatch { .. }), "{err}");
 }
+
+/// A window of a host buffer in a core memory of a component is captured by
+/// the buffer's name and restored shared, as for modules
+/// (`tests/snapshot_windows.rs`); a component without the name refuses it.
+#[test]
+fn a_window_in_a_component_memory_is_restored_shared() {
+    use framemap::{Protection, SharedBuffer};
+    use framemap_wasmtime::SnapshotBuffers;
+    let (_creator, engine) = setup();
+    let mut prepared = PreparedComponent::with_snapshots(&_creator, &engine, COMPONENT).expect("prepare");
+    let linker = Linker::new(&engine);
+    let mut store = Store::new(&engine, ());
+    let tracked = prepared.instantiate_tracked(&mut store, &linker).expect("instantiate");
+    let buffer = SharedBuffer::new(4096).expect("buffer");
+    // SAFETY: no host code holds a borrow of the memory's bytes while the
+    // buffer is written in this test.
+    unsafe { tracked.memories()[0].map_buffer(&mut store, 0, &buffer, 0, 4096, Protection::ReadWrite) }
+        .expect("window over $a's first page");
+    let n = call_u32(&mut store, &tracked, "poke");
+    let read = |at: u64| {
+        let mut bytes = [0u8; 4];
+        buffer.read(at, &mut bytes).expect("read");
+        u32::from_le_bytes(bytes)
+    };
+    assert_eq!(read(100), n, "`poke` wrote through the window");
+    let mut writer = SnapshotWriter::in_memory().expect("writer");
+    assert!(prepared.capture(&mut store, &tracked, &mut writer).is_err(), "the buffer has no name yet");
+    let mut buffers = SnapshotBuffers::new();
+    buffers.insert("shared", buffer.clone()).expect("name");
+    // SAFETY: as above.
+    unsafe { prepared.set_snapshot_buffers(buffers) };
+    let snapshot = capture(&prepared, &mut store, &tracked);
+    buffer.write(100, &1000u32.to_le_bytes()).expect("host write");
+    let mut restored_store = Store::new(&engine, ());
+    let restored = prepared.instantiate_snapshot(&mut restored_store, &linker, &snapshot).expect("restore");
+    assert_eq!(call_u32(&mut restored_store, &restored, "peek"), 1000 + n, "the buffer as it is now, plus $b's global");
+    let again = call_u32(&mut restored_store, &restored, "poke");
+    assert_eq!(read(100), again, "the restored window is the buffer");
+    // Without the name, the restore is refused before anything is made.
+    let mut unnamed = prepared.clone();
+    // SAFETY: as above.
+    unsafe { unnamed.set_snapshot_buffers(SnapshotBuffers::new()) };
+    let err = unnamed.instantiate_snapshot(&mut Store::new(&engine, ()), &linker, &snapshot).expect_err("no buffer");
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::MissingBuffer { name, .. }) if name == "shared"),
+        "{err:?}"
+    );
+}

@@ -222,6 +222,7 @@ impl PreparedModule {
             not_prepared: meta.not_prepared,
             snapshots: None,
             restore_mode: crate::RestoreMode::default(),
+            buffers: Arc::default(),
         })
     }
 }

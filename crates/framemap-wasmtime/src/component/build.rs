@@ -64,6 +64,7 @@ pub(super) fn build(
             not_prepared: Some(reason),
             unprepared_modules: Vec::new(),
             snapshots: None,
+            buffers: Arc::default(),
         })
     };
     let shape = ComponentShape::scan(&binary).map_err(|e| invalid(&e))?;
@@ -149,6 +150,7 @@ pub(super) fn build(
             not_prepared: None,
             unprepared_modules,
             snapshots: support,
+            buffers: Arc::default(),
         }),
         Err(error) if !snapshots => unchanged(ComponentNotPrepared::RewriteRejected { message: format!("{error:#}") }),
         Err(error) => Err(Error::InvalidComponent(format!("{error:#}"))),

@@ -90,6 +90,9 @@ pub struct PreparedComponent {
     /// What instance snapshots need, for a component made with
     /// [`PreparedComponent::with_snapshots`].
     snapshots: Option<Arc<ComponentSnapshots>>,
+    /// The buffers windows are named from and re-bound to
+    /// ([`PreparedComponent::set_snapshot_buffers`]).
+    pub(crate) buffers: Arc<crate::SnapshotBuffers>,
 }
 
 /// What capturing and restoring instances of a component needs.

@@ -19,7 +19,8 @@ use crate::RestoreMode;
 use crate::error::{Error, Result};
 use crate::handle::MemoryHandle;
 use crate::image_plan::{Pending, WithPlan};
-use crate::prepared::{check_served, snapshot_plan};
+use crate::prepared::check_served;
+use crate::snapshot_plan::{PlanSources, snapshot_plan};
 use framemap::Image;
 use framemap::snapshot::{GlobalValue, Snapshot, SnapshotWriter};
 use std::sync::Arc;
@@ -114,6 +115,8 @@ impl PreparedComponent {
     /// global of its core instances, as [`global_name`]. With an
     /// incremental writer, each memory stores only what changed since the
     /// parent was captured (or since the instance was restored from it).
+    /// Windows are named as for modules, from the component's
+    /// [`crate::SnapshotBuffers`] ([`PreparedComponent::set_snapshot_buffers`]).
     pub fn capture(
         &self,
         mut store: impl AsContextMut,
@@ -131,7 +134,7 @@ impl PreparedComponent {
             });
         }
         for (k, memory) in tracked.memories.iter().enumerate() {
-            memory.capture(&mut store, writer, &memory_name(k), &|_| None)?;
+            self.buffers.capture(memory, &mut store, writer, &memory_name(k))?;
         }
         for (instance, globals) in &support.lifted {
             for accessed in globals {
@@ -235,8 +238,14 @@ impl PreparedComponent {
             .flat_map(|(instance, globals)| globals.iter().map(move |a| global_name(*instance, a.global)));
         let own = self.plan.as_deref().unwrap_or_default();
         let images: Vec<Image> = own.iter().filter_map(|p| p.image.clone()).collect();
-        let plan =
-            snapshot_plan(snapshot, "component", &support.facts, names, globals, &images, RestoreMode::default())?;
+        let plan = snapshot_plan(
+            snapshot,
+            "component",
+            &support.facts,
+            names,
+            globals,
+            PlanSources { images: &images, buffers: &self.buffers, mode: RestoreMode::default() },
+        )?;
         Ok((&support.restore, Pending::strict(self.creator.id(), Arc::from(plan))))
     }
 
