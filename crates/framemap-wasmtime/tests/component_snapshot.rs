@@ -298,3 +298,95 @@ fn a_window_in_a_component_memory_is_restored_shared() {
         "{err:?}"
     );
 }
+
+/// Restores through a `PreparedComponentInstancePre` (imports resolved
+/// once), sync and async, give what the `Linker` path gives; tracked
+/// instances made through it capture.
+#[test]
+fn instance_pre_restores_match_the_linker_path() {
+    let (creator, engine) = setup();
+    let prepared = PreparedComponent::with_snapshots(&creator, &engine, COMPONENT).expect("prepare");
+    let linker = Linker::new(&engine);
+    let pre = prepared.instance_pre(&linker).expect("pre");
+    let mut store = Store::new(&engine, ());
+    let tracked = pre.instantiate_tracked(&mut store).expect("tracked through the pre");
+    for _ in 0..2 {
+        call_u32(&mut store, &tracked, "step");
+        call_u32(&mut store, &tracked, "poke");
+    }
+    let expected = state(&mut store, &tracked);
+    let snapshot = capture(&prepared, &mut store, &tracked);
+    let next = (call_u32(&mut store, &tracked, "step"), call_u32(&mut store, &tracked, "poke"));
+    let after = state(&mut store, &tracked);
+    for round in 0..3 {
+        let mut restored_store = Store::new(&engine, ());
+        let restored = pre.instantiate_snapshot(&mut restored_store, &snapshot).expect("restore");
+        assert_eq!(state(&mut restored_store, &restored), expected, "round {round}");
+        let went_on =
+            (call_u32(&mut restored_store, &restored, "step"), call_u32(&mut restored_store, &restored, "poke"));
+        assert_eq!(went_on, next, "round {round}");
+        assert_eq!(state(&mut restored_store, &restored), after, "round {round}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let (restored_state, tracked_state) = runtime.block_on(async {
+        let mut restored_store = Store::new(&engine, ());
+        let restored = pre.instantiate_snapshot_async(&mut restored_store, &snapshot).await.expect("restore");
+        let restored_state = state(&mut restored_store, &restored);
+        let mut fresh_store = Store::new(&engine, ());
+        let fresh = pre.instantiate_tracked_async(&mut fresh_store).await.expect("tracked");
+        assert_eq!(fresh.memories().len(), 2);
+        (restored_state, call_u32(&mut fresh_store, &fresh, "peek"))
+    });
+    assert_eq!(restored_state, expected, "async restore through the pre");
+    let mut fresh_store = Store::new(&engine, ());
+    let fresh = prepared.instantiate_tracked(&mut fresh_store, &linker).expect("tracked");
+    let fresh_peek = call_u32(&mut fresh_store, &fresh, "peek");
+    assert_eq!(tracked_state, fresh_peek, "async tracked instance through the pre is fresh");
+    assert!(creator.stats().reused > 0, "restores reused recycled slots");
+    // A component without snapshot support has no restore path.
+    let plain = PreparedComponent::new(&creator, &engine, COMPONENT).expect("prepare");
+    let plain_pre = plain.instance_pre(&linker).expect("pre");
+    let err = plain_pre.instantiate_snapshot(&mut Store::new(&engine, ()), &snapshot).expect_err("no support");
+    assert!(matches!(err.downcast_ref::<Error>(), Some(Error::NotSnapshottable { .. })), "{err:?}");
+}
+
+/// A component's working set: recorded from a restore made for recording,
+/// written with the snapshot's state, and prefetched by later restores
+/// (which then start in the snapshot's state); asked of an instance not
+/// restored for recording, refused.
+#[test]
+fn a_component_working_set_is_recorded_and_restores() {
+    use framemap_wasmtime::RestoreMode;
+    let (_creator, engine) = setup();
+    let prepared = PreparedComponent::with_snapshots(&_creator, &engine, COMPONENT).expect("prepare");
+    let linker = Linker::new(&engine);
+    let mut store = Store::new(&engine, ());
+    let tracked = prepared.instantiate_tracked(&mut store, &linker).expect("instantiate");
+    call_u32(&mut store, &tracked, "step");
+    call_u32(&mut store, &tracked, "poke");
+    let expected = state(&mut store, &tracked);
+    let snapshot = capture(&prepared, &mut store, &tracked);
+
+    let mut recorder = prepared.clone();
+    recorder.set_restore_mode(RestoreMode::Record);
+    assert_eq!(recorder.restore_mode(), RestoreMode::Record);
+    let mut recording = Store::new(&engine, ());
+    let restored = recorder.instantiate_snapshot(&mut recording, &linker, &snapshot).expect("restore to record");
+    // `peek` reads the word at 100 of $a's memory (page 0): the first call.
+    call_u32(&mut recording, &restored, "peek");
+    let mut writer = SnapshotWriter::in_memory().expect("writer");
+    let sets = recorder.write_working_set(&restored, &snapshot, &mut writer).expect("record");
+    assert_eq!(sets.len(), 2);
+    assert_eq!(sets[0].memory, framemap_wasmtime::component::memory_name(0));
+    assert!(sets[0].pages.iter().any(|r| r.contains(0)), "page 0 of $a's memory was touched: {sets:?}");
+    let with_set = writer.finish_in_memory().expect("finish");
+    assert!(!with_set.working_set(&sets[0].memory).expect("set").is_empty(), "the file records the set");
+
+    // Served with the default mode: prefetched, and the snapshot's state,
+    // not the state the recording calls left.
+    let mut served = Store::new(&engine, ());
+    let from_set = prepared.instantiate_snapshot(&mut served, &linker, &with_set).expect("restore");
+    assert_eq!(state(&mut served, &from_set), expected);
+    let err = prepared.working_set(&from_set, &with_set).expect_err("not restored for recording");
+    assert!(matches!(err, Error::WorkingSetUnavailable { .. }), "{err:?}");
+}

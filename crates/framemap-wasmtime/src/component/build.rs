@@ -65,6 +65,7 @@ pub(super) fn build(
             unprepared_modules: Vec::new(),
             snapshots: None,
             buffers: Arc::default(),
+            restore_mode: crate::RestoreMode::default(),
         })
     };
     let shape = ComponentShape::scan(&binary).map_err(|e| invalid(&e))?;
@@ -151,6 +152,7 @@ pub(super) fn build(
             unprepared_modules,
             snapshots: support,
             buffers: Arc::default(),
+            restore_mode: crate::RestoreMode::default(),
         }),
         Err(error) if !snapshots => unchanged(ComponentNotPrepared::RewriteRejected { message: format!("{error:#}") }),
         Err(error) => Err(Error::InvalidComponent(format!("{error:#}"))),

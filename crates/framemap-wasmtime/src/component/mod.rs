@@ -27,6 +27,7 @@ mod build;
 mod encode;
 mod shape;
 mod snapshot;
+mod working_set;
 
 pub use accessors::{component_getter, component_setter};
 pub use shape::OrderUnknown;
@@ -93,6 +94,9 @@ pub struct PreparedComponent {
     /// The buffers windows are named from and re-bound to
     /// ([`PreparedComponent::set_snapshot_buffers`]).
     pub(crate) buffers: Arc<crate::SnapshotBuffers>,
+    /// How snapshot restores lay memories out
+    /// ([`PreparedComponent::set_restore_mode`]).
+    restore_mode: crate::RestoreMode,
 }
 
 /// What capturing and restoring instances of a component needs.
@@ -166,9 +170,19 @@ impl PreparedComponent {
         run_planned_async(self.pending(), linker.instantiate_async(&mut store, &self.component)).await
     }
 
-    /// Resolves imports with `linker` once, for many fast instantiations.
+    /// Resolves imports with `linker` once, for many fast instantiations
+    /// (and, for a component made with
+    /// [`PreparedComponent::with_snapshots`], restores).
     pub fn instance_pre<T: 'static>(&self, linker: &Linker<T>) -> wasmtime::Result<PreparedComponentInstancePre<T>> {
-        Ok(PreparedComponentInstancePre { pre: linker.instantiate_pre(&self.component)?, prepared: self.clone() })
+        let restore_pre = match self.snapshots.as_deref() {
+            Some(support) => Some(linker.instantiate_pre(&support.restore)?),
+            None => None,
+        };
+        Ok(PreparedComponentInstancePre {
+            pre: linker.instantiate_pre(&self.component)?,
+            restore_pre,
+            prepared: self.clone(),
+        })
     }
 
     fn pending(&self) -> Option<Pending> {
@@ -180,12 +194,18 @@ impl PreparedComponent {
 /// instantiate it many times.
 pub struct PreparedComponentInstancePre<T: 'static> {
     pre: InstancePre<T>,
+    /// The restore variant, pre-linked (components with snapshot support).
+    restore_pre: Option<InstancePre<T>>,
     prepared: PreparedComponent,
 }
 
 impl<T: 'static> Clone for PreparedComponentInstancePre<T> {
     fn clone(&self) -> Self {
-        PreparedComponentInstancePre { pre: self.pre.clone(), prepared: self.prepared.clone() }
+        PreparedComponentInstancePre {
+            pre: self.pre.clone(),
+            restore_pre: self.restore_pre.clone(),
+            prepared: self.prepared.clone(),
+        }
     }
 }
 

@@ -13,9 +13,8 @@
 //! from the snapshot, then sets the globals; element segments rebuild the
 //! tables, which no module may change (a blocker otherwise).
 
-use super::PreparedComponent;
 use super::accessors::{component_getter, component_setter};
-use crate::RestoreMode;
+use super::{PreparedComponent, PreparedComponentInstancePre};
 use crate::error::{Error, Result};
 use crate::handle::MemoryHandle;
 use crate::image_plan::{Pending, WithPlan};
@@ -78,7 +77,7 @@ impl PreparedComponent {
         super::build::build(creator, engine, wasm.as_ref(), true)
     }
 
-    fn snapshot_support(&self) -> Result<&super::ComponentSnapshots> {
+    pub(super) fn snapshot_support(&self) -> Result<&super::ComponentSnapshots> {
         let support = self.snapshots.as_deref().ok_or_else(|| Error::NotSnapshottable {
             reason: "the component was not prepared with PreparedComponent::with_snapshots".into(),
         })?;
@@ -244,7 +243,7 @@ impl PreparedComponent {
             &support.facts,
             names,
             globals,
-            PlanSources { images: &images, buffers: &self.buffers, mode: RestoreMode::default() },
+            PlanSources { images: &images, buffers: &self.buffers, mode: self.restore_mode },
         )?;
         Ok((&support.restore, Pending::strict(self.creator.id(), Arc::from(plan))))
     }
@@ -292,5 +291,68 @@ impl PreparedComponent {
             }
         }
         Ok(())
+    }
+}
+
+impl<T: 'static> PreparedComponentInstancePre<T> {
+    /// The pre-linked restore variant, or why there is none.
+    fn restore_pre(&self) -> Result<&wasmtime::component::InstancePre<T>> {
+        self.prepared.snapshot_support()?;
+        self.restore_pre.as_ref().ok_or_else(|| Error::NotSnapshottable {
+            reason: "the component was not prepared with PreparedComponent::with_snapshots".into(),
+        })
+    }
+
+    /// Instantiates the component in `store` as
+    /// [`PreparedComponent::instantiate_tracked`] does, with the imports
+    /// resolved once.
+    pub fn instantiate_tracked(&self, mut store: impl AsContextMut<Data = T>) -> wasmtime::Result<TrackedInstance> {
+        let pending = self.prepared.tracking_plan()?;
+        self.prepared.track_sync(&mut store, pending, |store, _| self.pre.instantiate(store), false)
+    }
+
+    /// Asynchronous [`PreparedComponentInstancePre::instantiate_tracked`].
+    pub async fn instantiate_tracked_async(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+    ) -> wasmtime::Result<TrackedInstance>
+    where
+        T: Send,
+    {
+        let mut pending = self.prepared.tracking_plan()?;
+        let instance = WithPlan::new(self.pre.instantiate_async(&mut store), &mut pending).await?;
+        self.prepared.tracked(&store, instance, &pending)
+    }
+
+    /// Instantiates the component from `snapshot` in `store` (see
+    /// [`PreparedComponent::instantiate_snapshot`]), with the imports
+    /// resolved once.
+    pub fn instantiate_snapshot(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        snapshot: &Snapshot,
+    ) -> wasmtime::Result<TrackedInstance> {
+        let pre = self.restore_pre()?;
+        let (_, pending) = self.prepared.restore_plan(snapshot)?;
+        let tracked = self.prepared.track_sync(&mut store, pending, |store, _| pre.instantiate(store), true)?;
+        self.prepared.restore_globals(&mut store, &tracked, snapshot)?;
+        Ok(tracked)
+    }
+
+    /// Asynchronous [`PreparedComponentInstancePre::instantiate_snapshot`].
+    pub async fn instantiate_snapshot_async(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+        snapshot: &Snapshot,
+    ) -> wasmtime::Result<TrackedInstance>
+    where
+        T: Send,
+    {
+        let pre = self.restore_pre()?;
+        let (_, mut pending) = self.prepared.restore_plan(snapshot)?;
+        let instance = WithPlan::new(pre.instantiate_async(&mut store), &mut pending).await?;
+        let tracked = self.prepared.tracked(&store, instance, &pending)?;
+        self.prepared.restore_globals(&mut store, &tracked, snapshot)?;
+        Ok(tracked)
     }
 }
