@@ -7,6 +7,7 @@
 mod bench;
 mod cache;
 mod inspect;
+mod invoke_component;
 mod run;
 mod run_component;
 mod serve;

@@ -63,7 +63,10 @@ pub struct RunArgs {
 
     /// Call EXPORT instead of `_start`, with the arguments after MODULE as
     /// its parameters (numbers: i32, i64, f32, f64), and print each result
-    /// on a line of stdout.
+    /// on a line of stdout. For a component, as `wasmtime run --invoke`: a
+    /// WAVE function call such as `'add(1, 2)'` or `'ns:pkg/iface.f("x")'`
+    /// instead of `wasi:cli/run`, its results printed in WAVE; the
+    /// arguments after the component go to the guest's argv.
     #[arg(long, value_name = "EXPORT", conflicts_with_all = ["init", "restore", "snapshot_out"])]
     pub invoke: Option<String>,
 

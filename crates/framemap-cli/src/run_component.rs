@@ -7,8 +7,19 @@
 //! preview 1 module. Its `wasi:cli/run` export is called; as with
 //! `wasmtime run`, a return of `ok` is status 0 and `err` (including
 //! `exit(err)`, which is what a non-zero `std::process::exit` becomes without
-//! the unstable `exit-with-code`) status 1. `--invoke` is not available for
-//! components: asking for it is an error, not a silent run.
+//! the unstable `exit-with-code`) status 1.
+//!
+//! `--invoke CALL` calls one exported function instead of `wasi:cli/run`
+//! (which is then not called, as with `wasmtime run --invoke`): CALL is a
+//! WAVE function call such as `add(1, 2)` or `ns:pkg/iface.f("x")`, the
+//! results are printed in WAVE, and the arguments after the component still
+//! go to the guest's argv. The component is instantiated exactly as for a
+//! run (prepared, same WASI context); see [`crate::invoke_component`] for
+//! the lookup, type checks and exit status (a returned `err(...)` is status
+//! 0, as in wasmtime). As for modules, `--invoke` conflicts with `--init`,
+//! `--snapshot-out` and `--restore` (clap refuses the combination): a call
+//! with arguments and results is not an initialiser, and an invoked export
+//! of a restored instance is not offered yet.
 //!
 //! Snapshots work as for modules, through
 //! [`PreparedComponent::with_snapshots`]: `--init EXPORT --snapshot-out FILE`
@@ -79,9 +90,6 @@ impl WasiView for Host {
 /// Runs the command component named by `args`, returning its exit status.
 pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -> Result<u8> {
     let path = args.module();
-    if args.invoke.is_some() {
-        bail!("`--invoke` is not available for components yet: it calls a core module's export");
-    }
     let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
     let snapshots = args.snapshot_out.is_some() || args.restore.is_some();
     let prepared = match snapshots {
@@ -94,6 +102,15 @@ pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     let ctx = wasi_builder(args)?.build();
     let mut store = Store::new(engine, Host { ctx, table: ResourceTable::new() });
+    if let Some(call) = &args.invoke {
+        // `--invoke` conflicts with the snapshot flags (as for modules).
+        let outcome = crate::invoke_component::invoke(&mut store, &linker, &prepared, call);
+        if args.stats {
+            print_stats(creator);
+        }
+        drop(store);
+        return outcome;
+    }
     let tracked = match (&args.restore, snapshots) {
         (Some(file), _) => {
             let snapshot =

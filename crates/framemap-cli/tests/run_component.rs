@@ -1,4 +1,5 @@
-//! `framemap run` of WASI preview 2 command components, and `--invoke`.
+//! `framemap run` of WASI preview 2 command components, and `--invoke` of
+//! core modules (components: `invoke_component.rs`).
 //!
 //! The component is the Rust `wasm32-wasip2` test guest of
 //! framemap-wasmtime (`crates/framemap-wasmtime/tests/guests/`).
@@ -79,9 +80,6 @@ fn component_errors_are_one_line() {
     std::fs::write(&no_run, wat::parse_str("(component)").expect("wat")).expect("write");
     let line = one_line_error(&framemap(&["run", no_run.to_str().expect("utf-8")]));
     assert!(line.contains("is not a WASI command component"), "{line}");
-
-    let line = one_line_error(&framemap(&["run", "--invoke", "run", &component()]));
-    assert!(line.contains("`--invoke` is not available for components"), "{line}");
 
     let truncated = dir.join("truncated.wasm");
     let bytes = std::fs::read(component()).expect("read");
