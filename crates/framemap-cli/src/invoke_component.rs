@@ -26,11 +26,9 @@
 //! - Exit status, as `wasmtime run`: 0 when the call returns, **whatever it
 //!   returns**: a `result` whose value is `err(...)` is printed and is still
 //!   status 0 (only `wasi:cli/run`'s own `err` becomes status 1). A trap is
-//!   an error line with status 1, as every trap of `framemap run` (modules,
-//!   `wasi:cli/run`); `wasmtime run` exits 134 (a simulated abort) there, a
-//!   deliberate difference (ARCHITECTURE.md, "`framemap run --invoke` of
-//!   components"). A WASI `exit(n)` inside the call is status `n`, as in a
-//!   run.
+//!   an error line with status 134, as every trap of `framemap run`
+//!   (modules, `wasi:cli/run`) and as `wasmtime run`. A WASI `exit(n)`
+//!   inside the call is status `n`, as in a run.
 
 use std::fmt::Write as _;
 use std::io::Write as _;

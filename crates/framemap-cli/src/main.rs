@@ -2,7 +2,8 @@
 //!
 //! Every subcommand returns an exit status; every failure is reported as a
 //! single `framemap: error: <message>` line on stderr with exit status
-//! [`EXIT_ERROR`], never as a panic or backtrace.
+//! [`EXIT_ERROR`] ([`EXIT_TRAP`] for a guest trap, as `wasmtime run`),
+//! never as a panic or backtrace.
 
 mod bench;
 mod cache;
@@ -18,8 +19,25 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Exit status for every error the CLI itself reports (bad flags, unreadable
-/// or invalid modules, guest traps).
+/// or invalid modules, host failures) but guest traps.
 pub const EXIT_ERROR: u8 = 1;
+
+/// Exit status for a guest trap: 128 + SIGABRT, what `wasmtime run` exits
+/// with on Unix when the guest traps (so scripts written for it read the
+/// same status).
+pub const EXIT_TRAP: u8 = 134;
+
+/// A guest trapped: reported as one error line, with status [`EXIT_TRAP`].
+#[derive(Debug)]
+pub struct GuestTrapped(pub String);
+
+impl std::fmt::Display for GuestTrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GuestTrapped {}
 
 /// Command-line interface of the `framemap` binary.
 #[derive(Debug, Parser)]
@@ -70,7 +88,8 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             report_error(&format!("{err:#}"));
-            ExitCode::from(EXIT_ERROR)
+            let trapped = err.chain().any(|cause| cause.is::<GuestTrapped>());
+            ExitCode::from(if trapped { EXIT_TRAP } else { EXIT_ERROR })
         }
     }
 }

@@ -365,7 +365,8 @@ pub(crate) fn guest_failure(err: wasmtime::Error) -> Result<u8> {
     }
     let location = err.downcast_ref::<WasmBacktrace>().map(TrapLocation);
     if let Some(trap) = err.downcast_ref::<Trap>() {
-        bail!("guest trapped: {trap}{}", location.map(|l| l.to_string()).unwrap_or_default());
+        let message = format!("guest trapped: {trap}{}", location.map(|l| l.to_string()).unwrap_or_default());
+        return Err(crate::GuestTrapped(message).into());
     }
     // Host-side failures carry the wasm backtrace as their outermost context;
     // the root cause is the part worth one line.

@@ -43,8 +43,14 @@ fn stderr(out: &Output) -> String {
 /// `framemap: error: ...` line on stderr (no panic, no backtrace), and
 /// returns that line.
 fn assert_one_line_error(out: &Output) -> String {
+    assert_one_line_failure(out, 1)
+}
+
+/// [`assert_one_line_error`] with exit status `status` (134 for a guest
+/// trap, as `wasmtime run`).
+fn assert_one_line_failure(out: &Output, status: i32) -> String {
     let err = stderr(out);
-    assert_eq!(code(out), 1, "exit status; stderr: {err}");
+    assert_eq!(code(out), status, "exit status; stderr: {err}");
     assert!(!err.contains("panicked"), "panic on stderr: {err}");
     assert!(!err.contains("RUST_BACKTRACE"), "backtrace hint on stderr: {err}");
     let lines: Vec<&str> = err.lines().collect();
@@ -153,7 +159,7 @@ fn out_of_range_exit_status_is_an_error() {
 #[test]
 fn trap_is_one_line_and_fails() {
     let out = framemap(&["run", &guest("trap.wat")]);
-    let line = assert_one_line_error(&out);
+    let line = assert_one_line_failure(&out, 134);
     assert!(line.starts_with("framemap: error: guest trapped: "), "{line}");
     assert!(line.contains("integer divide by zero"), "{line}");
     // Output the guest produced before trapping is still delivered.

@@ -24,8 +24,17 @@ fn stderr(out: &Output) -> String {
 /// Asserts status 1, nothing on stdout and exactly one `framemap: error:`
 /// line; returns it.
 fn one_line_error(out: &Output) -> String {
+    one_line_failure(out, 1)
+}
+
+/// [`one_line_error`] for a guest trap: status 134, as `wasmtime run`.
+fn one_line_trap(out: &Output) -> String {
+    one_line_failure(out, 134)
+}
+
+fn one_line_failure(out: &Output, status: i32) -> String {
     let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(status), "stderr: {err}");
     assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "expected one stderr line, got: {err:?}");
@@ -124,9 +133,9 @@ fn a_returned_err_is_printed_and_is_status_0() {
 }
 
 #[test]
-fn a_trap_is_one_line_and_status_1() {
+fn a_trap_is_one_line_and_status_134() {
     let guest = Guest::new("trap");
-    let line = one_line_error(&guest.invoke(&[], "boom()"));
+    let line = one_line_trap(&guest.invoke(&[], "boom()"));
     assert!(line.contains("guest trapped") && line.contains("unreachable"), "{line}");
 }
 
@@ -153,9 +162,9 @@ fn wasi_cli_run_is_not_called_by_invoke() {
     // The guest's `wasi:cli/run` traps: every call above succeeded without
     // it, and naming it calls it.
     let guest = Guest::new("run");
-    let line = one_line_error(&guest.invoke(&[], "wasi:cli/run.run@0.2.0()"));
+    let line = one_line_trap(&guest.invoke(&[], "wasi:cli/run.run@0.2.0()"));
     assert!(line.contains("guest trapped"), "{line}");
-    let line = one_line_error(&framemap(&["run", &guest.wasm]));
+    let line = one_line_trap(&framemap(&["run", &guest.wasm]));
     assert!(line.contains("guest trapped"), "{line}");
 }
 

@@ -24,8 +24,14 @@ fn stdout(out: &Output) -> String {
 
 /// Asserts status 1 and exactly one `framemap: error:` line; returns it.
 fn one_line_error(out: &Output) -> String {
+    one_line_failure(out, 1)
+}
+
+/// Asserts status `status` (134 for a guest trap, as `wasmtime run`) and
+/// exactly one `framemap: error:` line; returns it.
+fn one_line_failure(out: &Output, status: i32) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(status), "stderr: {err}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "expected one stderr line, got: {err:?}");
     assert!(lines[0].starts_with("framemap: error: "), "{err:?}");
@@ -113,7 +119,7 @@ fn invoke_calls_an_export_with_typed_arguments() {
     assert!(line.contains("`x` is not a i32"), "{line}");
     let line = one_line_error(&framemap(&["run", "--invoke", "nope", module]));
     assert!(line.contains("exports no function `nope`"), "{line}");
-    let line = one_line_error(&framemap(&["run", "--invoke", "boom", module]));
+    let line = one_line_failure(&framemap(&["run", "--invoke", "boom", module]), 134);
     assert!(line.contains("guest trapped"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
