@@ -16,7 +16,9 @@
 //! Needs the release binary: `cargo build --release -p framemap-cli`, then
 //! `FRAMEMAP_BIN=target/release/framemap cargo bench -p framemap-benches
 //! --bench serve`. Without `FRAMEMAP_BIN` it says so and measures nothing.
-//! The real `wasmtime serve` binary is not measured here.
+//! With `WASMTIME_BIN` naming a `wasmtime` CLI (48.0.8, e.g. from `cargo
+//! install wasmtime-cli@48.0.8`; not in CI), the real `wasmtime serve` is a
+//! third side, loaded the same way.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -39,17 +41,31 @@ impl Drop for Server {
     }
 }
 
-fn start(bin: &str, allocator: &str, component: &str) -> Server {
-    let mut child = Command::new(bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--max-concurrency", "64", "--allocator", allocator, component])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn framemap serve");
+/// Starts a server: `framemap serve` with `allocator`, or (`allocator`
+/// "wasmtime-serve") the `wasmtime serve` CLI at `wasmtime`.
+fn start(bin: &str, wasmtime: Option<&str>, allocator: &str, component: &str) -> Server {
+    let mut command = match (allocator, wasmtime) {
+        ("wasmtime-serve", Some(wasmtime)) => {
+            let mut c = Command::new(wasmtime);
+            c.args(["serve", "--addr", "127.0.0.1:0", component]);
+            c
+        }
+        _ => {
+            let mut c = Command::new(bin);
+            c.args(["serve", "--addr", "127.0.0.1:0", "--max-concurrency", "64", "--allocator", allocator, component]);
+            c
+        }
+    };
+    let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn the server");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    // framemap prints "framemap: serve: listening on http://ADDR/", wasmtime
+    // "Serving HTTP on http://ADDR/".
     let mut line = String::new();
-    stderr.read_line(&mut line).expect("first line");
-    let addr = line.trim().trim_start_matches("framemap: serve: listening on http://").trim_end_matches('/').to_owned();
+    while !line.contains("http://") {
+        line.clear();
+        assert_ne!(stderr.read_line(&mut line).expect("stderr line"), 0, "the server exited before listening");
+    }
+    let addr = line.trim().split("http://").nth(1).unwrap_or_default().trim_end_matches('/').to_owned();
     // Keep draining stderr so the server never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     Server(child, addr)
@@ -137,12 +153,19 @@ fn main() {
         true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&bin).to_string_lossy().into_owned(),
         false => bin,
     };
+    let wasmtime = std::env::var("WASMTIME_BIN").ok().map(|w| match std::path::Path::new(&w).is_relative() {
+        true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&w).to_string_lossy().into_owned(),
+        false => w,
+    });
     for (name, path) in COMPONENTS {
         let component = concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path;
         let mut results: Vec<(&str, Vec<u64>)> = vec![("framemap", Vec::new()), ("wasmtime-pooling", Vec::new())];
+        if wasmtime.is_some() {
+            results.push(("wasmtime-serve", Vec::new()));
+        }
         for _round in 0..2 {
             for (allocator, latencies) in results.iter_mut() {
-                let server = start(&bin, allocator, &component);
+                let server = start(&bin, wasmtime.as_deref(), allocator, &component);
                 latencies.extend(load(&server.1, Duration::from_secs(1), Duration::from_secs(SECONDS)));
             }
         }
@@ -154,10 +177,13 @@ fn main() {
             println!("serve/{name}/{allocator}: {rps:.0} requests/s, p50 {p50:.0} us, p99 {p99:.0} us");
             summary.push((rps, p99));
         }
-        println!(
-            "serve/{name}: framemap / wasmtime-pooling: requests/s {:.2}x, p99 {:.2}x",
-            summary[0].0 / summary[1].0,
-            summary[0].1 / summary[1].1
-        );
+        for (i, other) in results.iter().enumerate().skip(1) {
+            println!(
+                "serve/{name}: framemap / {}: requests/s {:.2}x, p99 {:.2}x",
+                other.0,
+                summary[0].0 / summary[i].0,
+                summary[0].1 / summary[i].1
+            );
+        }
     }
 }
