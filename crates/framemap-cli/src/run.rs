@@ -27,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use framemap::snapshot::{Durability, Snapshot, SnapshotWriter};
-use framemap_wasmtime::{FrameMemoryCreator, PreparedModule, RestoreMode};
+use framemap_wasmtime::{FrameMemoryCreator, MemoryWorkingSet, PreparedModule, RestoreMode};
 use wasmtime::{Config, Engine, ExternType, Instance, Linker, Module, Store, Trap, Val, ValType, WasmBacktrace};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -416,9 +416,19 @@ fn write_working_set(
     snapshot: &Snapshot,
     out: &Path,
 ) -> Result<()> {
+    write_working_set_file(out, |writer| prepared.write_working_set(&mut *store, instance, snapshot, writer))
+}
+
+/// Writes a synced snapshot file at `out` with the working sets `record`
+/// puts in the writer, and says so on stderr: the one way every
+/// `--working-set-out` is written, for modules and components alike.
+pub(crate) fn write_working_set_file(
+    out: &Path,
+    record: impl FnOnce(&mut SnapshotWriter) -> framemap_wasmtime::Result<Vec<MemoryWorkingSet>>,
+) -> Result<()> {
     let context = || format!("cannot write the working set `{}`", out.display());
     let mut writer = SnapshotWriter::to_path(out, Durability::Synced).with_context(context)?;
-    let sets = prepared.write_working_set(&mut *store, instance, snapshot, &mut writer).with_context(context)?;
+    let sets = record(&mut writer).with_context(context)?;
     let info = writer.finish().with_context(context)?;
     let pages: u64 = sets.iter().flat_map(|s| &s.pages).map(|r| r.len()).sum();
     eprintln!(

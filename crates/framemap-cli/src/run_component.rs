@@ -26,7 +26,9 @@
 //! calls the component's export EXPORT (no parameters, no results) and writes
 //! every core memory and core global to FILE without running
 //! `wasi:cli/run`; `--snapshot-out FILE` alone writes them after a run that
-//! returned `ok`; `--restore FILE` starts from FILE, then runs. (A wasi-libc
+//! returned `ok`; `--restore FILE` starts from FILE, then runs, and with
+//! `--working-set-out OUT` records the pages the run touches and writes
+//! FILE's state with them as OUT, as for modules. (A wasi-libc
 //! command records in memory that it has run, and traps if run again: a
 //! snapshot taken after its run restores into an instance that traps the
 //! same way, faithfully.)
@@ -38,13 +40,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use framemap::snapshot::Snapshot;
 use framemap_wasmtime::component::TrackedInstance;
-use framemap_wasmtime::{FrameMemoryCreator, PreparedComponent};
+use framemap_wasmtime::{FrameMemoryCreator, PreparedComponent, RestoreMode};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
-use crate::run::{RunArgs, guest_failure, print_stats, wasi_builder, write_snapshot_file};
+use crate::run::{RunArgs, guest_failure, print_stats, wasi_builder, write_snapshot_file, write_working_set_file};
 
 /// Whether the file at `path` is a component (by its binary header; a
 /// `.wat` text file is a module).
@@ -98,6 +100,12 @@ pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -
     };
     let prepared =
         prepared.map_err(anyhow::Error::from).with_context(|| format!("failed to load `{}`", path.display()))?;
+    // `--working-set-out` (needs `--restore`): restore for recording.
+    let recorder = args.working_set_out.as_ref().map(|_| {
+        let mut recorder = prepared.clone();
+        recorder.set_restore_mode(RestoreMode::Record);
+        recorder
+    });
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     let ctx = wasi_builder(args)?.build();
@@ -111,16 +119,17 @@ pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -
         drop(store);
         return outcome;
     }
+    let mut restored_from = None;
     let tracked = match (&args.restore, snapshots) {
         (Some(file), _) => {
             let snapshot =
                 Snapshot::open(file).with_context(|| format!("cannot read the snapshot `{}`", file.display()))?;
-            let restored = prepared.instantiate_snapshot(&mut store, &linker, &snapshot);
-            Some(
-                restored
-                    .map_err(anyhow::Error::from)
-                    .with_context(|| format!("cannot restore `{}`", file.display()))?,
-            )
+            let restored = recorder.as_ref().unwrap_or(&prepared).instantiate_snapshot(&mut store, &linker, &snapshot);
+            let restored = restored
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot restore `{}`", file.display()))?;
+            restored_from = Some(snapshot);
+            Some(restored)
         }
         (None, true) => Some(
             prepared
@@ -164,6 +173,15 @@ pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -
             bail!("guest exited with status {code}: no snapshot written");
         }
         write_snapshot(&mut store, &prepared, tracked, file)?;
+    }
+    if let (Some(out), Some(tracked), Some(snapshot), Ok(code)) =
+        (&args.working_set_out, &tracked, &restored_from, &outcome)
+    {
+        if *code != 0 {
+            bail!("guest exited with status {code}: no working set written");
+        }
+        let recorder = recorder.as_ref().unwrap_or(&prepared);
+        write_working_set_file(out, |writer| recorder.write_working_set(tracked, snapshot, writer))?;
     }
     if args.stats {
         print_stats(creator);

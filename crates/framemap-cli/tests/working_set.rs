@@ -129,3 +129,56 @@ fn a_restored_run_records_its_working_set_into_a_copy_of_the_snapshot() {
     assert!(err.starts_with("framemap: error: ") && err.lines().count() == 1 && err.contains("--restore"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A command component whose `run` succeeds only once `init` has run: it
+/// reads 8 pages of its 1 MiB memory (every fourth of the first 32) and
+/// checks that `init` marked them.
+const COMPONENT: &str = r#"(component
+  (core module $m
+    (memory (export "memory") 16)
+    (func (export "init")
+      (local $i i32)
+      (loop $next
+        (i32.store (i32.mul (local.get $i) (i32.const 4096)) (i32.const 41))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $next (i32.lt_u (local.get $i) (i32.const 256)))))
+    (func (export "run") (result i32)
+      (local $i i32) (local $ok i32)
+      (local.set $ok (i32.const 1))
+      (loop $next
+        (local.set $ok (i32.and (local.get $ok)
+          (i32.eq (i32.load (i32.mul (local.get $i) (i32.const 16384))) (i32.const 41))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $next (i32.lt_u (local.get $i) (i32.const 8))))
+      (i32.eqz (local.get $ok))))
+  (core instance $i (instantiate $m))
+  (func $init (canon lift (core func $i "init")))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $runinst (export "run" (func $run)))
+  (export "init" (func $init))
+  (export "wasi:cli/run@0.2.0" (instance $runinst)))"#;
+
+#[test]
+fn a_restored_component_records_its_working_set() {
+    let dir = scratch_dir("component");
+    let wasm = dir.join("guest.wasm");
+    std::fs::write(&wasm, wat::parse_str(COMPONENT).expect("component text")).unwrap();
+    let wasm = wasm.to_str().unwrap();
+    let (snap, ws) = (dir.join("guest.snap"), dir.join("guest.ws.snap"));
+    let (snap, ws) = (snap.to_str().unwrap(), ws.to_str().unwrap());
+    let init = framemap(&["run", "--init", "init", "--snapshot-out", snap, wasm]);
+    assert_eq!(code(&init), 0, "{}", stderr(&init));
+    let recorded = framemap(&["run", "--restore", snap, "--working-set-out", ws, wasm]);
+    assert_eq!(code(&recorded), 0, "{}", stderr(&recorded));
+    assert!(stderr(&recorded).contains("framemap: working set: wrote"), "{}", stderr(&recorded));
+    let original = stdout(&framemap(&["inspect", snap]));
+    let shown = stdout(&framemap(&["inspect", ws]));
+    assert_eq!(working_set_of(&original), (0, 0), "{original}");
+    let (pages, _) = working_set_of(&shown);
+    // The 8 pages `run` read, at least; at most the memory's 256.
+    assert!((8..=256).contains(&pages), "{shown}");
+    // A restore from the recorded file runs as one from the snapshot.
+    let again = framemap(&["run", "--restore", ws, wasm]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    let _ = std::fs::remove_dir_all(&dir);
+}
