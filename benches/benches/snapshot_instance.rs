@@ -17,9 +17,11 @@
 //! replaced, paying the kernel's cost per mapping removed and made); the
 //! rest of the block is the steady state of a slot serving the same
 //! snapshot again, which the target is about. A sweep then restores
-//! snapshots after `touch(k)` for k in 0, 4, 16, 64, 256 (2k + 1 runs) and
-//! prints the steady-state cost per run: the reset's `PAGEMAP_SCAN` walks
-//! every mapping, and each stored run is one mapping.
+//! snapshots after `touch(k)` for k in 0, 4, 16, 64, 256 (2k + 1 runs in
+//! the file) and prints the steady-state cost per run: the reset's
+//! `PAGEMAP_SCAN` walks every mapping, and each run the restore maps is
+//! one; the creator merges stored runs at restore
+//! (`CreatorConfig::restore_merge_gaps`), so the slope is what is left.
 //!
 //! Working sets (`working_set` in the filter selects only them): the first
 //! call after a restore, timed alone with its minor page faults counted

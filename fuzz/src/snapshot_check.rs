@@ -18,7 +18,7 @@
 use crate::snapshot_make::{Built, RESTORE_PAGES, build, chance, dir, dir_path, ps, trace};
 use crate::snapshot_mutate::{edit_manifest, encode, manifest_at, mutate_bytes};
 use arbitrary::{Result as AResult, Unstructured};
-use framemap::snapshot::{Digest, PageSource, Snapshot};
+use framemap::snapshot::{Digest, PageSource, RestoreOptions, Snapshot};
 use framemap::{Frame, FrameKind, LinearSpace, PageRange, Protection, SpaceConfig};
 
 /// Runs the target on one input: builds, mutates, opens, verifies and
@@ -206,7 +206,11 @@ fn check_restore(
     let before: Vec<(PageRange, Frame)> = space.table().runs().collect();
     let before_len = space.len();
     let expect = expected(snapshot, name, file, built);
-    let restored = space.restore(snapshot, name, &mut vec![built.img.image.clone()]);
+    // Merged or not (`RestoreOptions::merge_gaps`), a restore is the same
+    // memory.
+    let merge_gaps = [0, 1, 4, 16][u.int_in_range(0..=3usize)?];
+    let options = RestoreOptions { merge_gaps, ..RestoreOptions::default() };
+    let restored = space.restore_with(snapshot, name, &mut vec![built.img.image.clone()], options).map(drop);
     if trace() {
         let outcome = restored.as_ref().map_err(ToString::to_string);
         eprintln!("memory {name:?}: restore {outcome:?}, expected {}", if expect.is_some() { "Ok" } else { "Err" });

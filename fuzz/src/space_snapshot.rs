@@ -10,7 +10,7 @@
 #![warn(missing_docs)]
 
 use crate::space_model::{Backings, MFrame, Model};
-use framemap::snapshot::{Digest, Resolver, Snapshot, SnapshotWriter};
+use framemap::snapshot::{Digest, Resolver, RestoreOptions, Snapshot, SnapshotWriter};
 use framemap::{BufferGrant, FrameKind, Image, LinearSpace, SharedBuffer, SpaceConfig, WindowOwner};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -88,7 +88,11 @@ fn compare_restored(snapshot: &Snapshot, model: &Model, b: &Backings, step: usiz
     let host: Weak<dyn WindowOwner> = Arc::downgrade(&fresh) as Weak<dyn WindowOwner>;
     let mut r = fresh.lock().unwrap();
     r.set_window_owner(host.clone());
-    r.restore(snapshot, "m", &mut Backed { b, host }).unwrap_or_else(|e| panic!("step {step}: restore {what}: {e}"));
+    // Every other step merges the stored runs (`RestoreOptions::merge_gaps`):
+    // the same memory either way.
+    let options = RestoreOptions { merge_gaps: if step % 2 == 0 { 0 } else { 4 }, ..RestoreOptions::default() };
+    r.restore_with(snapshot, "m", &mut Backed { b, host }, options)
+        .unwrap_or_else(|e| panic!("step {step}: restore {what}: {e}"));
     r.validate().unwrap_or_else(|e| panic!("step {step}: restored {what} diverges from the kernel: {e}"));
     assert_eq!(r.len(), model.len, "step {step}: restored {what}: length");
     for p in 0..model.accessible_pages() {

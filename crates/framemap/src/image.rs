@@ -44,6 +44,9 @@ struct ImageFile {
     /// Whether this is a snapshot file, whose pages a capture refers to by
     /// snapshot rather than by the file's content hash.
     snapshot: bool,
+    /// For a merged image of a restored layout (`snapshot/merge.rs`): the
+    /// frames its pages were copied from, which captures name instead.
+    origins: Option<Arc<[crate::snapshot::Origin]>>,
 }
 
 impl fmt::Debug for Image {
@@ -223,15 +226,16 @@ impl Image {
         Ok(hash)
     }
 
-    fn from_sealed(fd: OwnedFd, len: u64) -> Result<Image> {
+    pub(crate) fn from_sealed(fd: OwnedFd, len: u64) -> Result<Image> {
         let inode = rustix::fs::fstat(&fd)
             .map_err(|e| Error::Kernel { syscall: "fstat", start: 0, end: len, source: e.into() })?
             .st_ino;
         let immutable = memfd::cannot_be_written(&fd);
         let (view, hash) = (OnceLock::new(), OnceLock::new());
-        let snapshot = false;
+        let (snapshot, origins) = (false, None);
         let (id, offset) = (BackingId::fresh(), 0);
-        Ok(Image { inner: Arc::new(ImageFile { id, fd, offset, len, inode, immutable, view, hash, snapshot }) })
+        let file = ImageFile { id, fd, offset, len, inode, immutable, view, hash, snapshot, origins };
+        Ok(Image { inner: Arc::new(file) })
     }
 
     /// Whether the image's file is sealed against writes (`F_SEAL_WRITE`;
@@ -257,6 +261,23 @@ impl Image {
     /// Whether this image is a snapshot file (see [`crate::snapshot`]).
     pub(crate) fn is_snapshot_data(&self) -> bool {
         self.inner.snapshot
+    }
+
+    /// This image, marked as merged from `origins` (it must be fresh: no
+    /// clone of it exists yet). It also counts as snapshot data, so a
+    /// capture that does not look at the origins stores its pages by
+    /// content, never names the merged file.
+    pub(crate) fn into_merged(mut self, origins: Arc<[crate::snapshot::Origin]>) -> Image {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.snapshot = true;
+            inner.origins = Some(origins);
+        }
+        self
+    }
+
+    /// Where the pages of a merged image came from, if it is one.
+    pub(crate) fn origins(&self) -> Option<&[crate::snapshot::Origin]> {
+        self.inner.origins.as_deref()
     }
 
     /// The image's identity in frame tables.

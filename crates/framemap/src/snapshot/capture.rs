@@ -257,8 +257,10 @@ impl SnapshotWriter {
         // Runs whose source is known, and pieces to store by content.
         let mut pieces: Vec<RunRecord> = Vec::new();
         let mut to_store: Vec<(PageRange, Protection, PageSource)> = Vec::new();
-        let table_runs: Vec<_> = space.table().runs_in(accessible).collect();
-        for (run, frame) in table_runs {
+        // A merged image's runs are named by the frames they were copied
+        // from (`merge.rs`), each Image run with its image.
+        let table_runs = super::merge::unmerged_runs(space, accessible)?;
+        for (run, frame, frame_image) in table_runs {
             let prot = frame.prot();
             match frame.kind() {
                 FrameKind::Unmapped => push_run(&mut pieces, run, prot, PageSource::Unmapped),
@@ -275,7 +277,7 @@ impl SnapshotWriter {
                     let mut whole_run = None;
                     let initial = match kind {
                         FrameKind::Image { image, page } => {
-                            let image = space.image(image).ok_or(Error::UnknownBacking { id: image.0 })?;
+                            let image = frame_image.as_ref().ok_or(Error::UnknownBacking { id: image.0 })?;
                             if image.is_snapshot_data() {
                                 if !parent || scope == Scope::AllPages {
                                     whole_run = Some([run]);

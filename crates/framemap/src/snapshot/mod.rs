@@ -40,6 +40,7 @@ mod capture;
 mod codec;
 mod format;
 mod header;
+mod merge;
 mod record;
 mod restore;
 mod runs;
@@ -49,6 +50,7 @@ pub use format::{
     Digest, FORMAT_VERSION, GlobalRecord, GlobalValue, MAX_NAME_LEN, Manifest, MemoryRecord, PageSource, RunRecord,
     WorkingSetRecord,
 };
+pub(crate) use merge::Origin;
 pub use restore::{Resolver, RestoreOptions};
 
 use crate::error::{Error, Result, SnapshotDamage};
@@ -81,6 +83,12 @@ struct Opened {
     parent: Option<Snapshot>,
     /// Where it came from, for messages.
     path: String,
+    /// Merged images of its memories' layouts, made by the first restore
+    /// that merged them (`merge.rs`), by memory name and gap.
+    merged: std::sync::Mutex<rustc_hash::FxHashMap<(String, u64), Image>>,
+    /// Its memories resolved into layouts by the first restore of each
+    /// (`restore.rs`), by memory name and merge gap.
+    planned: std::sync::Mutex<rustc_hash::FxHashMap<(String, u64), Arc<restore::PlannedLayout>>>,
 }
 
 impl Snapshot {
@@ -142,7 +150,8 @@ impl Snapshot {
         let manifest = Manifest::decode(manifest_bytes, host, header.data_pages).map_err(|e| invalid(&path, e))?;
         let image = image.into_snapshot_data();
         let id = Digest::of(manifest_bytes);
-        Ok(Snapshot { inner: Arc::new(Opened { id, header, manifest, image, parent: None, path }) })
+        let (merged, planned) = Default::default();
+        Ok(Snapshot { inner: Arc::new(Opened { id, header, manifest, image, parent: None, path, merged, planned }) })
     }
 
     /// The snapshot's id: the SHA-256 of its manifest, which holds the
@@ -180,6 +189,8 @@ impl Snapshot {
                 image: o.image.clone(),
                 parent: Some(parent),
                 path: o.path.clone(),
+                merged: Default::default(),
+                planned: Default::default(),
             }),
         })
     }
@@ -271,6 +282,24 @@ impl Snapshot {
     /// still holds them).
     pub fn backing_id(&self) -> crate::BackingId {
         self.inner.image.id()
+    }
+
+    /// The merged images restores of this snapshot made (see `merge.rs`).
+    pub(crate) fn merged_cache(&self) -> &std::sync::Mutex<rustc_hash::FxHashMap<(String, u64), Image>> {
+        &self.inner.merged
+    }
+
+    /// The layout of memory `name` restores with merge gap `gap` planned
+    /// before, if one was.
+    pub(crate) fn planned_layout(&self, name: &str, gap: u64) -> Option<Arc<restore::PlannedLayout>> {
+        let planned = self.inner.planned.lock().unwrap_or_else(|p| p.into_inner());
+        planned.get(&(name.to_owned(), gap)).cloned()
+    }
+
+    /// Keeps `layout` as memory `name`'s with merge gap `gap`.
+    pub(crate) fn keep_planned_layout(&self, name: &str, gap: u64, layout: Arc<restore::PlannedLayout>) {
+        let mut planned = self.inner.planned.lock().unwrap_or_else(|p| p.into_inner());
+        planned.entry((name.to_owned(), gap)).or_insert(layout);
     }
 
     /// The file as an image (data page `n` is image page `n + 1`).

@@ -24,7 +24,7 @@ use super::runs::split;
 use super::{Snapshot, SnapshotWriter};
 use crate::buffer::{BufferGrant, SharedBuffer};
 use crate::error::{Error, Result, SnapshotDamage};
-use crate::frame::{Frame, Protection};
+use crate::frame::{Frame, FrameKind, Protection};
 use crate::image::Image;
 use crate::page::PageRange;
 use crate::space::{LinearSpace, Prefetch, PrefetchReport};
@@ -76,6 +76,15 @@ pub struct RestoreOptions {
     /// snapshot's. A slot that served the same memory of the same snapshot
     /// then restores with no mapping change at all.
     pub keep_reset_frames: bool,
+    /// Merge the stored pages scattered through an image: each segment of
+    /// the layout made of stored runs joined by image runs of at most this
+    /// many pages in all is mapped as one run of a *merged image*, made by
+    /// the first restore of the snapshot's memory that needs it and kept
+    /// with the snapshot (see `merge.rs`: a restore of 256 pages stored one
+    /// in eight through an image is 3 runs instead of 513). Costs the
+    /// segments' pages in memory once per snapshot, at most this many plus
+    /// one per stored page. 0 (the default): no merging.
+    pub merge_gaps: u64,
 }
 
 /// Where the pages of a resolved run come from.
@@ -210,18 +219,77 @@ impl LinearSpace {
         resolver: &mut dyn Resolver,
         options: RestoreOptions,
     ) -> Result<PrefetchReport> {
-        let (len, runs) = resolve(snapshot, name)?;
-        let working_set = snapshot.working_set(name)?;
-        if len > self.capacity() {
-            return Err(Error::CapacityExceeded { requested: len, capacity: self.capacity() });
+        let planned = match snapshot.planned_layout(name, options.merge_gaps) {
+            Some(planned) => {
+                // The images were checked when the layout was planned; the
+                // resolver must still supply each (a host that no longer
+                // has an image cannot restore what needs it).
+                for (hash, image) in &planned.images_by_hash {
+                    let supplied = resolver.image(hash).ok_or(Error::MissingImage { hash: *hash, wrong: false })?;
+                    if supplied.id() != image.id() && supplied.content_hash()? != *hash {
+                        return Err(Error::MissingImage { hash: *hash, wrong: true });
+                    }
+                }
+                planned
+            }
+            None => self.plan_layout(snapshot, name, resolver, options.merge_gaps)?,
+        };
+        if planned.len > self.capacity() {
+            return Err(Error::CapacityExceeded { requested: planned.len, capacity: self.capacity() });
         }
         let ps = crate::host_page_size() as u64;
-        // Everything that can refuse, before any change.
+        // Windows: a grant per restore, for this memory's owner.
+        let mut grants: HashMap<String, BufferGrant> = HashMap::default();
+        let mut frames = planned.frames.clone();
+        for ((range, frame), name) in frames.iter_mut().zip(&planned.windows) {
+            let Some(name) = name else { continue };
+            let FrameKind::Shared { page: first, .. } = frame.kind() else { continue };
+            let grant = match grants.get(name) {
+                Some(grant) => grant.clone(),
+                None => {
+                    let grant = resolver.buffer(name).ok_or(Error::MissingBuffer { name: name.clone() })?;
+                    grants.insert(name.clone(), grant.clone());
+                    grant
+                }
+            };
+            self.check_grant(&grant, first * ps, range.len() * ps)?;
+            *frame = Frame::shared(grant.buffer().id(), first, frame.prot());
+        }
+        let images = &planned.images;
+        let len = planned.len;
+        let buffers: Vec<SharedBuffer> = grants.values().map(|g| g.buffer().clone()).collect();
+        let applied = self.apply_layout(len, &frames, images, &buffers, options.keep_reset_frames);
+        self.forget_unused_backings();
+        applied?;
+        // Nothing is written yet: the memory is the snapshot, and an
+        // incremental capture against it starts here (a write-prefetch
+        // below makes its pages written: they are captured again, which
+        // costs space, never correctness).
+        self.adopt_checkpoint(planned.checkpoint);
+        Ok(self.prefetch(&planned.working_set, options.prefetch))
+    }
+
+    /// Resolves memory `name` of `snapshot` into a layout: every run's
+    /// frame, its images checked by content hash (clean image pages from
+    /// `resolver`), merged as `merge_gaps` says; windows named, their
+    /// frames granted per restore. Kept with the snapshot when it has no
+    /// window, so later restores skip this.
+    fn plan_layout(
+        &self,
+        snapshot: &Snapshot,
+        name: &str,
+        resolver: &mut dyn Resolver,
+        merge_gaps: u64,
+    ) -> Result<std::sync::Arc<PlannedLayout>> {
+        let (len, runs) = resolve(snapshot, name)?;
+        let working_set = snapshot.working_set(name)?;
+        let ps = crate::host_page_size() as u64;
         let mut images: HashMap<Digest, Image> = HashMap::default();
         let mut data_images: Vec<Image> = Vec::new();
-        let mut grants: HashMap<String, BufferGrant> = HashMap::default();
         let mut frames: Vec<(PageRange, Frame)> = Vec::with_capacity(runs.len());
+        let mut windows: Vec<Option<String>> = Vec::with_capacity(runs.len());
         for run in &runs {
+            let mut window = None;
             let frame = match &run.source {
                 Resolved::Unmapped => Frame::UNMAPPED,
                 Resolved::Zero => Frame::zero(run.prot),
@@ -251,33 +319,64 @@ impl LinearSpace {
                     }
                     Frame::image(image.id(), *page, run.prot)
                 }
-                Resolved::Shared { name, page: first } => {
-                    let grant = match grants.get(name) {
-                        Some(grant) => grant.clone(),
-                        None => {
-                            let grant = resolver.buffer(name).ok_or(Error::MissingBuffer { name: name.clone() })?;
-                            grants.insert(name.clone(), grant.clone());
-                            grant
-                        }
-                    };
-                    self.check_grant(&grant, first * ps, run.pages.len() * ps)?;
-                    Frame::shared(grant.buffer().id(), *first, run.prot)
+                Resolved::Shared { name, page } => {
+                    // The buffer's frame is made per restore, from its grant.
+                    window = Some(name.clone());
+                    Frame::shared(crate::BackingId(0), *page, run.prot)
                 }
             };
             frames.push((run.pages, frame));
+            windows.push(window);
         }
-        let images: Vec<Image> = images.into_values().chain(data_images).collect();
-        let buffers: Vec<SharedBuffer> = grants.values().map(|g| g.buffer().clone()).collect();
-        let applied = self.apply_layout(len, &frames, &images, &buffers, options.keep_reset_frames);
-        self.forget_unused_backings();
-        applied?;
-        // Nothing is written yet: the memory is the snapshot, and an
-        // incremental capture against it starts here (a write-prefetch
-        // below makes its pages written: they are captured again, which
-        // costs space, never correctness).
-        self.adopt_checkpoint(snapshot.memory(name)?.checkpoint);
-        Ok(self.prefetch(&working_set, options.prefetch))
+        let images_by_hash: Vec<(Digest, Image)> = images.into_iter().collect();
+        let mut all_images: Vec<Image> = images_by_hash.iter().map(|(_, i)| i.clone()).chain(data_images).collect();
+        let has_windows = windows.iter().any(Option::is_some);
+        let (frames, windows) = match merge_gaps {
+            // Windows are never merged, and merging changes the runs:
+            // merge only layouts without windows (`windows` stays aligned).
+            gap if gap > 0 && !has_windows => {
+                let (frames, merged) = super::merge::merge_gaps(snapshot, name, frames, &all_images, gap)?;
+                all_images.extend(merged);
+                let windows = vec![None; frames.len()];
+                (frames, windows)
+            }
+            _ => (frames, windows),
+        };
+        let checkpoint = snapshot.memory(name)?.checkpoint;
+        let planned = std::sync::Arc::new(PlannedLayout {
+            len,
+            frames,
+            windows,
+            images: all_images,
+            images_by_hash,
+            working_set,
+            checkpoint,
+        });
+        if !has_windows {
+            snapshot.keep_planned_layout(name, merge_gaps, planned.clone());
+        }
+        Ok(planned)
     }
+}
+
+/// A memory of a snapshot resolved into a layout (see
+/// [`LinearSpace::restore_with`]), kept with the snapshot.
+#[derive(Debug)]
+pub(crate) struct PlannedLayout {
+    /// The memory's length in bytes.
+    len: u64,
+    /// Every run's frame (windows' frames made per restore).
+    frames: Vec<(PageRange, Frame)>,
+    /// For each run, the name of the buffer a window shows.
+    windows: Vec<Option<String>>,
+    /// Every image the frames name (merged images included).
+    images: Vec<Image>,
+    /// The images clean pages come from, by content hash.
+    images_by_hash: Vec<(Digest, Image)>,
+    /// The memory's recorded working set.
+    working_set: Vec<PageRange>,
+    /// The checkpoint token the memory was captured at.
+    checkpoint: u64,
 }
 
 impl SnapshotWriter {
