@@ -10,6 +10,8 @@
 //! the unstable `exit-with-code`) status 1. `--invoke` is not available for
 //! components: asking for it is an error, not a silent run.
 //!
+//! Without snapshot flags the component comes from the compile cache
+//! ([`crate::cache`], as modules do; `--no-cache` compiles it every time).
 //! Snapshots work as for modules, through
 //! [`PreparedComponent::with_snapshots`]: `--init EXPORT --snapshot-out FILE`
 //! calls the component's export EXPORT (no parameters, no results) and writes
@@ -18,7 +20,8 @@
 //! returned `ok`; `--restore FILE` starts from FILE, then runs. (A wasi-libc
 //! command records in memory that it has run, and traps if run again: a
 //! snapshot taken after its run restores into an instance that traps the
-//! same way, faithfully.)
+//! same way, faithfully.) Those runs compile the component afresh, as
+//! modules' do: a `with_snapshots` component is not an artifact.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -82,14 +85,16 @@ pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -
     if args.invoke.is_some() {
         bail!("`--invoke` is not available for components yet: it calls a core module's export");
     }
-    let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
     let snapshots = args.snapshot_out.is_some() || args.restore.is_some();
     let prepared = match snapshots {
-        true => PreparedComponent::with_snapshots(creator, engine, &bytes),
-        false => PreparedComponent::new(creator, engine, &bytes),
+        true => {
+            let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
+            PreparedComponent::with_snapshots(creator, engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("failed to load `{}`", path.display()))?
+        }
+        false => crate::cache::load::<PreparedComponent>(creator, engine, path, !args.no_cache)?,
     };
-    let prepared =
-        prepared.map_err(anyhow::Error::from).with_context(|| format!("failed to load `{}`", path.display()))?;
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     let ctx = wasi_builder(args)?.build();
