@@ -11,7 +11,8 @@
 //! - as processes (this binary re-run with `once-*`): the same, from exec to
 //!   exit;
 //! - `framemap run` (if `FRAMEMAP_BIN` names the binary): a cold start
-//!   (empty cache: compile and write) and warm starts (hits).
+//!   (empty cache: compile and write) and warm starts (hits), of the module
+//!   and of a `wasi:cli/run` command component around the same module.
 //!
 //! No assertion: it reports.
 
@@ -92,12 +93,13 @@ fn main() -> anyhow::Result<()> {
 
     if let Some(bin) = std::env::var_os("FRAMEMAP_BIN") {
         let cache = dir.join("framemap-cache");
-        let run = |cache: &Path| -> anyhow::Result<Duration> {
+        let run_file = |wasm: &Path, cache: &Path| -> anyhow::Result<Duration> {
             let start = Instant::now();
-            let out = Command::new(&bin).arg("run").arg(&wasm).env("FRAMEMAP_CACHE_DIR", cache).output()?;
+            let out = Command::new(&bin).arg("run").arg(wasm).env("FRAMEMAP_CACHE_DIR", cache).output()?;
             anyhow::ensure!(out.status.success(), "framemap run failed: {}", String::from_utf8_lossy(&out.stderr));
             Ok(start.elapsed())
         };
+        let run = |cache: &Path| run_file(&wasm, cache);
         let first = run(&cache)?;
         let warm = median((0..SAMPLES).map(|_| run(&cache)).collect::<Result<_, _>>()?);
         let no_cache = {
@@ -114,6 +116,19 @@ fn main() -> anyhow::Result<()> {
             ms(no_cache)
         );
         println!("framemap run hit / wasmtime-cache-warm process: {:.3}", ratio(warm, wasmtime_proc));
+
+        // The same module inside a command component.
+        let component = dir.join("big-component.wasm");
+        std::fs::write(&component, generate_component(&bytes))?;
+        let cache = dir.join("framemap-component-cache");
+        let first = run_file(&component, &cache)?;
+        let warm = median((0..SAMPLES).map(|_| run_file(&component, &cache)).collect::<Result<_, _>>()?);
+        println!(
+            "framemap run COMPONENT: first start (cold cache) {:.1} ms, second start (hit, median of {SAMPLES}) {:.2} ms, first/second {:.1}x",
+            ms(first),
+            ms(warm),
+            first.as_secs_f64() / warm.as_secs_f64()
+        );
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
@@ -156,12 +171,14 @@ fn framemap_engine(creator: &Arc<FrameMemoryCreator>) -> anyhow::Result<Engine> 
 }
 
 /// A WASI command (no imports) with about `code_bytes` of code in functions
-/// of a few KiB of arithmetic each, a 4 MiB non-zero data image, and a
-/// `_start` that calls the first function and stores its result.
+/// of a few KiB of arithmetic each, a 4 MiB non-zero data image, a
+/// `_start` that calls the first function and stores its result, and a
+/// `run` (for [`generate_component`]) that calls `_start` and returns 0.
 fn generate(code_bytes: usize) -> Vec<u8> {
     let mut types = TypeSection::new();
     types.ty().function([ValType::I32], [ValType::I32]);
     types.ty().function([], []);
+    types.ty().function([], [ValType::I32]);
     let mut body = Function::new([(1, ValType::I32)]);
     for i in 0..400 {
         body.instruction(&Instruction::LocalGet(0));
@@ -191,17 +208,57 @@ fn generate(code_bytes: usize) -> Vec<u8> {
     start.instruction(&Instruction::I32Store(wasm_encoder::MemArg { offset: 0, align: 2, memory_index: 0 }));
     start.instruction(&Instruction::End);
     code.function(&start);
+    functions.function(2);
+    let mut run = Function::new([]);
+    run.instruction(&Instruction::Call(count));
+    run.instruction(&Instruction::I32Const(0));
+    run.instruction(&Instruction::End);
+    code.function(&run);
     let mut memories = MemorySection::new();
     memories.memory(MemoryType { minimum: 128, maximum: None, memory64: false, shared: false, page_size_log2: None });
     let mut exports = ExportSection::new();
     exports.export("_start", ExportKind::Func, count);
     exports.export("memory", ExportKind::Memory, 0);
+    exports.export("run", ExportKind::Func, count + 1);
     let mut data = DataSection::new();
     let image: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8 | 1).collect();
     data.active(0, &ConstExpr::i32_const(65536), image);
     let mut module = Encoder::new();
     module.section(&types).section(&functions).section(&memories).section(&exports).section(&code).section(&data);
     module.finish()
+}
+
+/// A command component around the core `module` from [`generate`]: its
+/// `run` lifted as `wasi:cli/run`'s `run: func() -> result` (0 is `ok`).
+fn generate_component(module: &[u8]) -> Vec<u8> {
+    use wasm_encoder::{
+        Alias, CanonicalFunctionSection, CanonicalOption, Component, ComponentAliasSection, ComponentExportKind,
+        ComponentExportSection, ComponentInstanceSection, ComponentTypeSection, ComponentValType, InstanceSection,
+        ModuleArg, RawSection,
+    };
+    let mut component = Component::new();
+    // A module section (id 1) holding the module's bytes.
+    component.section(&RawSection { id: 1, data: module });
+    let mut instances = InstanceSection::new();
+    instances.instantiate(0, Vec::<(&str, ModuleArg)>::new());
+    component.section(&instances);
+    let mut aliases = ComponentAliasSection::new();
+    aliases.alias(Alias::CoreInstanceExport { instance: 0, kind: ExportKind::Func, name: "run" });
+    component.section(&aliases);
+    let mut types = ComponentTypeSection::new();
+    types.defined_type().result(None, None);
+    types.function().params(Vec::<(&str, ComponentValType)>::new()).result(Some(ComponentValType::Type(0)));
+    component.section(&types);
+    let mut lifts = CanonicalFunctionSection::new();
+    lifts.lift(0, 1, Vec::<CanonicalOption>::new());
+    component.section(&lifts);
+    let mut exported = ComponentInstanceSection::new();
+    exported.export_items([("run", ComponentExportKind::Func, 0)]);
+    component.section(&exported);
+    let mut exports = ComponentExportSection::new();
+    exports.export("wasi:cli/run@0.2.0", ComponentExportKind::Instance, 0, None);
+    component.section(&exports);
+    component.finish()
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -1,16 +1,21 @@
-//! The compile cache of `framemap run` (on by default; `--no-cache` turns it
-//! off).
+//! The compile cache of `framemap run` and `framemap serve` (on by default;
+//! `--no-cache` turns it off), for core modules ([`PreparedModule`]) and
+//! components ([`PreparedComponent`]) alike ([`Cacheable`]).
 //!
 //! An entry is one artifact file ([`framemap_wasmtime::artifact`]): the
-//! compiled module, uncompressed, and the images of its memories, which a
-//! hit maps straight from the file, nothing compiled, decompressed or
-//! copied. Where: `$FRAMEMAP_CACHE_DIR`, else `$XDG_CACHE_HOME/framemap`,
-//! else `$HOME/.cache/framemap`; inside it `v1/entries/<key>.fmart` and
-//! `v1/index/<name>`.
+//! compiled module or component, uncompressed, and the images of its
+//! memories, which a hit maps straight from the file, nothing compiled,
+//! decompressed or copied. Where: `$FRAMEMAP_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/framemap`, else `$HOME/.cache/framemap`; inside it
+//! `v1/entries/<key>.fmart` and `v1/index/<name>`. Modules and components
+//! share the folder and the key: their bytes differ, and an entry of the
+//! other kind would be refused by its artifact kind (and rebuilt), never
+//! loaded.
 //!
 //! - **Key**: SHA-256 over the engine's compatibility fingerprint
 //!   ([`engine_fingerprint`]), [`ARTIFACT_FORMAT_VERSION`] and the module
-//!   file's bytes. Another wasmtime, another engine setting or another
+//!   or component file's bytes. Another wasmtime, another engine setting
+//!   (`run`'s and `serve`'s engines differ: `serve`'s is async) or another
 //!   artifact format never meets an old entry.
 //! - **Stat fast path**: an index file per (engine, canonical module path)
 //!   records the file's device, inode, size, mtime and ctime (nanoseconds)
@@ -28,13 +33,14 @@
 //!   crashed runs older than an hour go too.
 //! - **Self-healing**: an entry that fails its checks (truncated, a flipped
 //!   bit, another format) gets one `framemap: notice:` line, is deleted,
-//!   and the module is compiled and the entry written again.
+//!   and the module or component is compiled and the entry written again.
 //! - **Unwritable cache** (read-only, full, not a directory): one notice
 //!   line, and the run goes on without caching.
-//! - **Large modules** (over [`LARGE_MODULE`] bytes) get one notice line
-//!   when compiled; on a terminal, a progress line every
-//!   [`PROGRESS_EVERY`] once compiling has taken that long (nothing is
-//!   printed for small modules, nor progress when stderr is not a terminal).
+//! - **Large modules and components** (files over [`LARGE_MODULE`] bytes)
+//!   get one notice line when compiled; on a terminal, a progress line
+//!   every [`PROGRESS_EVERY`] once compiling has taken that long (nothing
+//!   is printed for small files, nor progress when stderr is not a
+//!   terminal).
 
 use std::fs::{self, File};
 use std::io::IsTerminal as _;
@@ -45,12 +51,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
-use framemap_wasmtime::artifact::{ARTIFACT_FORMAT_VERSION, engine_fingerprint};
-use framemap_wasmtime::{Error, FrameMemoryCreator, PreparedModule};
+use framemap_wasmtime::artifact::{ARTIFACT_FORMAT_VERSION, ArtifactInfo, engine_fingerprint};
+use framemap_wasmtime::{Error, FrameMemoryCreator, PreparedComponent, PreparedModule};
 use sha2::{Digest as _, Sha256};
 use wasmtime::Engine;
 
-/// Modules larger than this get a notice when they are compiled.
+/// Modules and components larger than this get a notice when they are
+/// compiled.
 pub const LARGE_MODULE: u64 = 4 << 20;
 /// How long compiling may take before a progress line, and between them.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
@@ -63,14 +70,55 @@ const STALE_TEMP: Duration = Duration::from_secs(3600);
 /// The cache's layout version (its folder name).
 const LAYOUT: &str = "v1";
 
-/// Loads the module at `path` as a [`PreparedModule`]: from the cache if
+/// What the cache holds: a prepared module or component, built from its
+/// file's bytes, saved to and loaded from an artifact.
+pub trait Cacheable: Sized {
+    /// Prepares and compiles `bytes`.
+    fn build(creator: &Arc<FrameMemoryCreator>, engine: &Engine, bytes: &[u8]) -> Result<Self, Error>;
+    /// Saves `self` as the artifact `path`.
+    fn save(&self, path: &Path) -> Result<ArtifactInfo, Error>;
+    /// Loads the artifact `path`.
+    ///
+    /// # Safety
+    /// As for `load_artifact`: a file `save` wrote, never changed while
+    /// loaded.
+    unsafe fn load(creator: &Arc<FrameMemoryCreator>, engine: &Engine, path: &Path) -> Result<Self, Error>;
+}
+
+impl Cacheable for PreparedModule {
+    fn build(creator: &Arc<FrameMemoryCreator>, engine: &Engine, bytes: &[u8]) -> Result<Self, Error> {
+        PreparedModule::new(creator, engine, bytes)
+    }
+    fn save(&self, path: &Path) -> Result<ArtifactInfo, Error> {
+        self.save_artifact(path)
+    }
+    unsafe fn load(creator: &Arc<FrameMemoryCreator>, engine: &Engine, path: &Path) -> Result<Self, Error> {
+        // SAFETY: the caller upholds `load_artifact`'s contract (this one's).
+        unsafe { PreparedModule::load_artifact(creator, engine, path) }
+    }
+}
+
+impl Cacheable for PreparedComponent {
+    fn build(creator: &Arc<FrameMemoryCreator>, engine: &Engine, bytes: &[u8]) -> Result<Self, Error> {
+        PreparedComponent::new(creator, engine, bytes)
+    }
+    fn save(&self, path: &Path) -> Result<ArtifactInfo, Error> {
+        self.save_artifact(path)
+    }
+    unsafe fn load(creator: &Arc<FrameMemoryCreator>, engine: &Engine, path: &Path) -> Result<Self, Error> {
+        // SAFETY: the caller upholds `load_artifact`'s contract (this one's).
+        unsafe { PreparedComponent::load_artifact(creator, engine, path) }
+    }
+}
+
+/// Loads the module or component at `path` as a `P`: from the cache if
 /// `use_cache` and it holds it, else compiled (and then cached).
-pub fn load(
+pub fn load<P: Cacheable>(
     creator: &Arc<FrameMemoryCreator>,
     engine: &Engine,
     path: &Path,
     use_cache: bool,
-) -> Result<PreparedModule> {
+) -> Result<P> {
     let read = || fs::read(path).with_context(|| format!("failed to read `{}`", path.display()));
     if !use_cache {
         return compile(creator, engine, path, &read()?, false);
@@ -103,7 +151,7 @@ pub fn load(
     // fingerprint their key and trailer hold; a damaged one fails its
     // checksum before wasmtime sees it. Like wasmtime's own cache, this
     // trusts whoever can write the cache directory.
-    let loaded = unsafe { PreparedModule::load_artifact(creator, engine, &entry) };
+    let loaded = unsafe { P::load(creator, engine, &entry) };
     match loaded {
         Ok(prepared) => {
             touch(&entry);
@@ -125,8 +173,8 @@ pub fn load(
     };
     let key = content_key(&fingerprint, &bytes);
     let entry = cache.entry_path(&key);
-    let prepared = compile(creator, engine, path, &bytes, true)?;
-    match prepared.save_artifact(&entry) {
+    let prepared: P = compile(creator, engine, path, &bytes, true)?;
+    match prepared.save(&entry) {
         Ok(_) => {
             cache.write_index(&index, &stamp, &key);
             cache.evict(&entry);
@@ -140,15 +188,15 @@ pub fn load(
     Ok(prepared)
 }
 
-/// Compiles `bytes` (the module at `path`), with a notice for a large
-/// module and progress lines on a terminal.
-fn compile(
+/// Compiles `bytes` (the module or component at `path`), with a notice
+/// for a large one and progress lines on a terminal.
+fn compile<P: Cacheable>(
     creator: &Arc<FrameMemoryCreator>,
     engine: &Engine,
     path: &Path,
     bytes: &[u8],
     cached: bool,
-) -> Result<PreparedModule> {
+) -> Result<P> {
     let large = bytes.len() as u64 > LARGE_MODULE;
     let shown = path.display();
     if large {
@@ -156,7 +204,7 @@ fn compile(
         notice(&format!("compiling `{shown}` ({} MiB){then}", bytes.len() >> 20));
     }
     let build = || {
-        PreparedModule::new(creator, engine, bytes)
+        P::build(creator, engine, bytes)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("failed to load `{shown}`"))
     };
@@ -274,7 +322,7 @@ impl Cache {
             }
             if path == inserted {
                 notice(&format!(
-                    "the module's cache entry ({} MiB) exceeds the cache bound FRAMEMAP_CACHE_MAX_BYTES ({} MiB): not kept",
+                    "the cache entry ({} MiB) exceeds the cache bound FRAMEMAP_CACHE_MAX_BYTES ({} MiB): not kept",
                     bytes >> 20,
                     self.max_bytes >> 20
                 ));

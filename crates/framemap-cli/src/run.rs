@@ -75,8 +75,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "init")]
     pub restore: Option<PathBuf>,
 
-    /// Compile the module without the compile cache (neither read nor
-    /// written). The cache is `$FRAMEMAP_CACHE_DIR`, else
+    /// Compile the module or component without the compile cache (neither
+    /// read nor written). The cache is `$FRAMEMAP_CACHE_DIR`, else
     /// `$XDG_CACHE_HOME/framemap`, else `~/.cache/framemap`; not used with
     /// the snapshot flags.
     #[arg(long)]

@@ -21,6 +21,8 @@
 //! with arguments and results is not an initialiser, and an invoked export
 //! of a restored instance is not offered yet.
 //!
+//! Without snapshot flags the component comes from the compile cache
+//! ([`crate::cache`], as modules do; `--no-cache` compiles it every time).
 //! Snapshots work as for modules, through
 //! [`PreparedComponent::with_snapshots`]: `--init EXPORT --snapshot-out FILE`
 //! calls the component's export EXPORT (no parameters, no results) and writes
@@ -31,7 +33,8 @@
 //! FILE's state with them as OUT, as for modules. (A wasi-libc
 //! command records in memory that it has run, and traps if run again: a
 //! snapshot taken after its run restores into an instance that traps the
-//! same way, faithfully.)
+//! same way, faithfully.) Those runs compile the component afresh, as
+//! modules' do: a `with_snapshots` component is not an artifact.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -92,14 +95,16 @@ impl WasiView for Host {
 /// Runs the command component named by `args`, returning its exit status.
 pub fn run(creator: &Arc<FrameMemoryCreator>, engine: &Engine, args: &RunArgs) -> Result<u8> {
     let path = args.module();
-    let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
     let snapshots = args.snapshot_out.is_some() || args.restore.is_some();
     let prepared = match snapshots {
-        true => PreparedComponent::with_snapshots(creator, engine, &bytes),
-        false => PreparedComponent::new(creator, engine, &bytes),
+        true => {
+            let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
+            PreparedComponent::with_snapshots(creator, engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("failed to load `{}`", path.display()))?
+        }
+        false => crate::cache::load::<PreparedComponent>(creator, engine, path, !args.no_cache)?,
     };
-    let prepared =
-        prepared.map_err(anyhow::Error::from).with_context(|| format!("failed to load `{}`", path.display()))?;
     // `--working-set-out` (needs `--restore`): restore for recording.
     let recorder = args.working_set_out.as_ref().map(|_| {
         let mut recorder = prepared.clone();

@@ -20,6 +20,14 @@
 //!   satisfied, is refused before the server listens. A guest that traps
 //!   or never sets its response gets `500 Internal Server Error` and one
 //!   `framemap: serve:` line on stderr; the server goes on.
+//! - **Compile cache.** With the framemap allocator the prepared component
+//!   comes from `framemap run`'s compile cache ([`crate::cache`]: the same
+//!   folder, keys, bound and notices; `--no-cache` compiles it every
+//!   time), so a restart maps the compiled component and its images
+//!   instead of compiling. The comparison allocators below compile the
+//!   unchanged component every time, uncached: they exist to measure
+//!   serving, not start-up, and wasmtime's own cache would be the fair
+//!   comparison there.
 //! - **Comparison.** `--allocator wasmtime-pooling` (or any of `framemap
 //!   bench`'s allocators) serves the unchanged component on wasmtime's own
 //!   allocator, the same way, for benchmarks.
@@ -82,6 +90,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "framemap", value_name = "ALLOCATOR", value_parser = parse_allocator)]
     pub allocator: Allocator,
 
+    /// Compile the component without the compile cache (neither read nor
+    /// written; see `framemap run --help`). Only the framemap allocator
+    /// uses the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
     /// The wasi:http component (`.wasm`), exporting
     /// `wasi:http/incoming-handler`.
     #[arg(value_name = "COMPONENT")]
@@ -127,20 +141,18 @@ impl Server {
         let setup = args.allocator.setup(&EngineOptions::default()).context("failed to create the engine")?;
         let engine = setup.engine;
         let path = &args.component;
-        let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let unsatisfied = || format!("cannot serve `{}`: its imports cannot be satisfied", path.display());
         let (component, pre) = match setup.creator {
             Some(creator) => {
-                let prepared = PreparedComponent::new(&creator, &engine, &bytes)
-                    .map_err(anyhow::Error::from)
-                    .with_context(|| format!("failed to load `{}`", path.display()))?;
+                let prepared: PreparedComponent = crate::cache::load(&creator, &engine, path, !args.no_cache)?;
                 let pre = prepared.instance_pre(&linker).map_err(anyhow::Error::from).with_context(unsatisfied)?;
                 (prepared.component().clone(), Pre::Framemap(pre))
             }
             None => {
+                let bytes = std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))?;
                 let component = Component::new(&engine, &bytes)
                     .map_err(anyhow::Error::from)
                     .with_context(|| format!("failed to load `{}`", path.display()))?;
@@ -278,10 +290,13 @@ async fn serve_async(args: ServeArgs) -> Result<u8> {
     let server = Server::new(&args)?;
     let listener = TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
+    // The handlers are installed before the server says it listens, so a
+    // signal sent as soon as it does is a graceful shutdown, not a kill.
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
     eprintln!("framemap: serve: listening on http://{local}/");
     let shutdown = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match signals {
             (Ok(mut interrupt), Ok(mut terminate)) => {
                 tokio::select! {
                     _ = interrupt.recv() => {}

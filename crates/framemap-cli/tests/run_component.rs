@@ -14,8 +14,11 @@ fn component() -> String {
     path.to_str().expect("UTF-8 path").to_owned()
 }
 
+/// Runs `framemap` with `args`; its compile cache is a scratch folder of
+/// this test process, not the user's.
 fn framemap(args: &[&str]) -> Output {
-    Command::new(FRAMEMAP).args(args).output().expect("failed to spawn framemap")
+    let cache = std::env::temp_dir().join(format!("framemap-component-test-{}-cache", std::process::id()));
+    Command::new(FRAMEMAP).args(args).env("FRAMEMAP_CACHE_DIR", cache).output().expect("failed to spawn framemap")
 }
 
 fn stdout(out: &Output) -> String {

@@ -7,9 +7,9 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const FRAMEMAP: &str = env!("CARGO_BIN_EXE_framemap");
 
@@ -17,33 +17,54 @@ fn guest(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests").join(name).to_str().expect("utf-8").to_owned()
 }
 
+/// The compile cache of this test process's servers (not the user's).
+fn test_cache() -> PathBuf {
+    std::env::temp_dir().join(format!("framemap-serve-test-{}-cache", std::process::id()))
+}
+
 /// A running server and the address it listens on.
 struct Server {
     child: Child,
     addr: String,
     stderr: BufReader<std::process::ChildStderr>,
+    /// The `framemap: notice:` lines printed before it listened (the
+    /// compile cache's).
+    notices: Vec<String>,
 }
 
 impl Server {
     fn start(extra: &[&str], component: &str) -> Server {
+        Server::start_in(extra, component, &test_cache())
+    }
+
+    /// Starts a server whose compile cache is `cache`.
+    fn start_in(extra: &[&str], component: &str, cache: &Path) -> Server {
         let mut child = Command::new(FRAMEMAP)
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(extra)
             .arg(component)
+            .env("FRAMEMAP_CACHE_DIR", cache)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn framemap serve");
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("first stderr line");
-        let addr = line
-            .trim()
-            .strip_prefix("framemap: serve: listening on http://")
-            .and_then(|rest| rest.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        Server { child, addr, stderr }
+        let mut notices = Vec::new();
+        let addr = loop {
+            let mut line = String::new();
+            stderr.read_line(&mut line).expect("stderr line");
+            if line.starts_with("framemap: notice: ") {
+                notices.push(line.trim().to_owned());
+                continue;
+            }
+            break line
+                .trim()
+                .strip_prefix("framemap: serve: listening on http://")
+                .and_then(|rest| rest.strip_suffix('/'))
+                .unwrap_or_else(|| panic!("unexpected line: {line:?}"))
+                .to_owned();
+        };
+        Server { child, addr, stderr, notices }
     }
 
     /// One GET over a new connection: (status, body).
@@ -158,10 +179,64 @@ fn components_that_cannot_be_served_are_one_line_errors() {
         ("/nonexistent.wasm".to_owned(), "failed to read"),
         ("--allocator=nope".to_owned(), "unknown allocator `nope`"),
     ] {
-        let out = Command::new(FRAMEMAP).args(["serve", "--addr", "127.0.0.1:0", &component]).output().expect("spawn");
+        let mut command = Command::new(FRAMEMAP);
+        command.args(["serve", "--addr", "127.0.0.1:0", &component]).env("FRAMEMAP_CACHE_DIR", test_cache());
+        let out = command.output().expect("spawn");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.starts_with("framemap: error: ") && stderr.contains(expected), "{stderr}");
     }
+}
+
+/// The cache's entry files.
+fn entries(cache: &Path) -> Vec<PathBuf> {
+    let Ok(listing) = std::fs::read_dir(cache.join("v1/entries")) else { return Vec::new() };
+    let mut found: Vec<PathBuf> = listing.map(|e| e.expect("entry").path()).collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_restart_maps_the_component_from_the_compile_cache() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = std::env::temp_dir().join(format!("framemap-serve-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = dir.join("cache");
+    let hello = guest("http_hello.wasm");
+    let serve_once = |extra: &[&str], cache: &Path| {
+        let server = Server::start_in(extra, &hello, cache);
+        assert_eq!(server.get("/"), (200, "hello from wasi:http\n".to_owned()));
+        let notices = server.notices.clone();
+        let (status, stderr) = server.terminate();
+        assert_eq!(status, Some(0), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("notice"), "{stderr}");
+        notices
+    };
+    assert_eq!(serve_once(&[], &cache), Vec::<String>::new(), "a miss compiles and writes quietly");
+    let found = entries(&cache);
+    assert_eq!(found.len(), 1, "one entry: {found:?}");
+    // Age the entry: the restart's hit touches it and keeps its file.
+    let entry = std::fs::File::options().write(true).open(&found[0]).expect("open entry");
+    entry.set_modified(SystemTime::now() - Duration::from_secs(7200)).expect("age");
+    let before = std::fs::metadata(&found[0]).expect("stat");
+    assert_eq!(serve_once(&[], &cache), Vec::<String>::new());
+    let after = std::fs::metadata(&found[0]).expect("stat");
+    assert_eq!(before.ino(), after.ino(), "the entry was used, not rewritten");
+    assert!(after.modified().expect("mtime") > before.modified().expect("mtime"), "a restart hits the entry");
+
+    // A damaged entry: one notice, rebuilt, served.
+    let whole = std::fs::read(&found[0]).expect("read");
+    std::fs::write(&found[0], &whole[..whole.len() / 2]).expect("truncate");
+    let notices = serve_once(&[], &cache);
+    assert!(notices.len() == 1 && notices[0].contains("rebuilding"), "{notices:?}");
+    assert_eq!(std::fs::metadata(&found[0]).expect("stat").len(), whole.len() as u64, "rewritten whole");
+
+    // Neither `--no-cache` nor the comparison allocators touch the cache.
+    for extra in [&["--no-cache"][..], &["--allocator", "wasmtime-pooling"]] {
+        let unused = dir.join("unused");
+        assert_eq!(serve_once(extra, &unused), Vec::<String>::new());
+        assert!(!unused.exists(), "{extra:?} created the cache");
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }

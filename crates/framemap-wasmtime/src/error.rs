@@ -285,6 +285,17 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The artifact holds the other kind of compiled code: a module where a
+    /// component was asked for, or the reverse.
+    #[error("artifact `{}` holds a compiled {found}, not a {expected}", path.display())]
+    ArtifactKind {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What it holds: `"module"` or `"component"`.
+        found: &'static str,
+        /// What the load asked for.
+        expected: &'static str,
+    },
     /// The artifact was compiled by an engine whose settings differ from
     /// this one's ([`crate::artifact::engine_fingerprint`]).
     #[error("artifact `{}` was compiled for another engine configuration", path.display())]
@@ -292,22 +303,22 @@ pub enum Error {
         /// The file.
         path: std::path::PathBuf,
     },
-    /// wasmtime refused the artifact's compiled module.
-    #[error("artifact `{}`: wasmtime cannot load its compiled module: {message}", path.display())]
+    /// wasmtime refused the artifact's compiled module or component.
+    #[error("artifact `{}`: wasmtime cannot load its compiled code: {message}", path.display())]
     ArtifactDeserialize {
         /// The file.
         path: std::path::PathBuf,
         /// wasmtime's error.
         message: String,
     },
-    /// wasmtime could not serialize the compiled module.
-    #[error("cannot serialize the compiled module: {message}")]
+    /// wasmtime could not serialize the compiled module or component.
+    #[error("cannot serialize the compiled code: {message}")]
     ArtifactSerialize {
         /// wasmtime's error.
         message: String,
     },
-    /// The module cannot be saved as an artifact.
-    #[error("this module cannot be saved as an artifact: {reason}")]
+    /// The module or component cannot be saved as an artifact.
+    #[error("this cannot be saved as an artifact: {reason}")]
     ArtifactUnsupported {
         /// Why.
         reason: &'static str,
@@ -318,7 +329,8 @@ pub enum Error {
     ArtifactImage {
         /// The file.
         path: std::path::PathBuf,
-        /// The memory (defined-memory order).
+        /// The memory (a module's defined-memory order, a component's
+        /// plan order).
         memory: usize,
         /// Why.
         #[source]

@@ -60,7 +60,7 @@ fn a_loaded_artifact_instantiates_as_the_fresh_module() {
     assert_eq!(info.file_len, std::fs::metadata(&path).unwrap().len());
     assert_eq!(info.image_bytes, 8 << 20, "one 8 MiB image, whole pages");
     let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap()) * 512;
-    assert!(allocated < info.module_len + (1 << 20), "image holes stay holes: {allocated} bytes allocated");
+    assert!(allocated < info.code_len + (1 << 20), "image holes stay holes: {allocated} bytes allocated");
     let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["module.fmart"], "no temporary file left");
 
@@ -140,8 +140,8 @@ fn truncated_artifacts_are_refused_at_every_cut() {
     let whole = std::fs::read(&path).unwrap();
     let len = whole.len() as u64;
     let page = framemap::host_page_size() as u64;
-    let module_end = info.module_len.next_multiple_of(page);
-    let mut cuts = vec![0, 1, 3, 4, 5, 63, 64, 4096, info.module_len - 1, info.module_len, module_end, module_end + 1];
+    let module_end = info.code_len.next_multiple_of(page);
+    let mut cuts = vec![0, 1, 3, 4, 5, 63, 64, 4096, info.code_len - 1, info.code_len, module_end, module_end + 1];
     cuts.extend([len - 97, len - 96, len - 95, len - 12, len - 1]);
     cuts.extend((1..40).map(|i| len * i / 40));
     let cut = dir.join("cut.fmart");
@@ -171,9 +171,9 @@ fn flipped_bytes_are_refused() {
     let whole = std::fs::read(&path).unwrap();
     let len = whole.len();
     let page = framemap::host_page_size();
-    let module_end = (info.module_len as usize).next_multiple_of(page);
+    let module_end = (info.code_len as usize).next_multiple_of(page);
     // The ELF header, code, padding, both image pages, metadata, trailer fields.
-    let body = [0, 17, info.module_len as usize / 2, module_end - 1, module_end, module_end + (1 << 20), len - 97];
+    let body = [0, 17, info.code_len as usize / 2, module_end - 1, module_end, module_end + (1 << 20), len - 97];
     let trailer = [len - 96, len - 90, len - 70, len - 30, len - 14, len - 10, len - 1];
     let bad = dir.join("bad.fmart");
     for at in body.into_iter().chain(trailer) {

@@ -21,6 +21,11 @@
 //! (which wasmtime allocates through the same creator, at a point the plan
 //! cannot foresee), is compiled unchanged and instantiates exactly as with
 //! plain wasmtime; [`PreparedComponent::not_prepared`] says why.
+//!
+//! A component made with [`PreparedComponent::new`] can be saved as a
+//! compile-cache artifact and loaded back without compiling
+//! ([`PreparedComponent::save_artifact`],
+//! [`PreparedComponent::load_artifact`]; see [`crate::artifact`]).
 
 mod accessors;
 mod build;
@@ -39,6 +44,7 @@ use crate::image_plan::{MemoryFacts, MemoryPlan, Pending};
 use crate::prepared::{run_planned, run_planned_async};
 use crate::rewrite::NotPrepared;
 use accessors::Accessed;
+use framemap::Image;
 use std::sync::Arc;
 use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{AsContextMut, Engine};
@@ -80,28 +86,29 @@ pub enum ComponentNotPrepared {
 /// [`FrameMemoryCreator`] installed in its engine.
 #[derive(Clone, Debug)]
 pub struct PreparedComponent {
-    component: Component,
-    creator: Arc<FrameMemoryCreator>,
+    pub(crate) component: Component,
+    pub(crate) creator: Arc<FrameMemoryCreator>,
     /// Every core memory wasmtime creates for one instantiation, in order;
     /// `None` if the component is not prepared.
-    plan: Option<Arc<[MemoryPlan]>>,
-    not_prepared: Option<ComponentNotPrepared>,
+    pub(crate) plan: Option<Arc<[MemoryPlan]>>,
+    pub(crate) not_prepared: Option<ComponentNotPrepared>,
     /// The core modules left unchanged inside a prepared component, and why.
-    unprepared_modules: Vec<(usize, NotPrepared)>,
+    pub(crate) unprepared_modules: Vec<(usize, NotPrepared)>,
     /// What instance snapshots need, for a component made with
-    /// [`PreparedComponent::with_snapshots`].
-    snapshots: Option<Arc<ComponentSnapshots>>,
+    /// [`PreparedComponent::with_snapshots`]. (Fields are the crate's for
+    /// `artifact/`, which saves and loads the plain prepared form.)
+    pub(crate) snapshots: Option<Arc<ComponentSnapshots>>,
     /// The buffers windows are named from and re-bound to
     /// ([`PreparedComponent::set_snapshot_buffers`]).
     pub(crate) buffers: Arc<crate::SnapshotBuffers>,
     /// How snapshot restores lay memories out
     /// ([`PreparedComponent::set_restore_mode`]).
-    restore_mode: crate::RestoreMode,
+    pub(crate) restore_mode: crate::RestoreMode,
 }
 
 /// What capturing and restoring instances of a component needs.
 #[derive(Debug)]
-struct ComponentSnapshots {
+pub(crate) struct ComponentSnapshots {
     /// The component restores instantiate: no core start function, no
     /// active data.
     restore: Component,
@@ -143,6 +150,13 @@ impl PreparedComponent {
     /// copies their data at every instantiation.
     pub fn unprepared_modules(&self) -> &[(usize, NotPrepared)] {
         &self.unprepared_modules
+    }
+
+    /// The image of each planned core memory, in plan order (`None` for a
+    /// memory without one; empty if the component is not prepared). A core
+    /// module instantiated twice has its memories' images listed twice.
+    pub fn images(&self) -> Vec<Option<Image>> {
+        self.plan.as_deref().map_or_else(Vec::new, |plan| plan.iter().map(|m| m.image.clone()).collect())
     }
 
     /// How many core memories one instantiation creates with a plan (`0` if
