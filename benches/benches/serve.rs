@@ -47,7 +47,9 @@ fn start(bin: &str, wasmtime: Option<&str>, allocator: &str, component: &str) ->
     let mut command = match (allocator, wasmtime) {
         ("wasmtime-serve", Some(wasmtime)) => {
             let mut c = Command::new(wasmtime);
-            c.args(["serve", "--addr", "127.0.0.1:0", component]);
+            // `-Scli`: the guests import wasi:cli (environment, stdio), which
+            // `framemap serve` always provides.
+            c.args(["serve", "-Scli", "--addr", "127.0.0.1:0", component]);
             c
         }
         _ => {
