@@ -16,7 +16,9 @@
 //!
 //! Invariants:
 //! 1. A checkpoint never hides a page from a reset: a page written since the
-//!    last reset is reported by the dirty scan or lies in `owed`.
+//!    last reset is reported by the dirty scan or lies in `owed`, new
+//!    layouts in between included (they keep frames, and with them pages
+//!    that are protected but not initial: `owed` survives them).
 //! 2. `changed_since(latest)` is a superset of the pages whose contents
 //!    differ from those at the latest checkpoint (exact where the kernel
 //!    tracks writes; every present page where it cannot protect, every
@@ -120,13 +122,28 @@ impl Checkpoints {
         &self.owed
     }
 
-    /// A reset or a new layout: a new life, with no checkpoint.
+    /// A reset: a new life, with no checkpoint and nothing owed (the reset
+    /// restored every owed page).
     pub(super) fn new_life(&mut self) {
         self.generation += 1;
         self.latest = 0;
         self.token = 0;
         self.remapped.clear();
         self.owed.clear();
+    }
+
+    /// A new layout of `pages` accessible pages: a new life with no
+    /// checkpoint, but the owed pages below `pages` stay owed. A layout
+    /// keeps frames that already are its targets, with their contents and
+    /// their protection from writes, so a page a checkpoint protected and
+    /// no reset restored still differs from its frame's initial contents
+    /// while reading as not written (invariant 1; a remapped page owed
+    /// costs only a needless restore).
+    pub(super) fn new_layout(&mut self, pages: u64) {
+        let owed = std::mem::take(&mut self.owed);
+        self.new_life();
+        let within = PageRange::new(0, pages);
+        self.owed = owed.into_iter().map(|r| r.intersect(within)).filter(|r| !r.is_empty()).collect();
     }
 }
 

@@ -89,7 +89,7 @@ impl LinearSpace {
         let old = self.accessible_pages();
         let new = PageRange::new(0, len.div_ceil(self.page));
         debug_assert!(frames.last().is_none_or(|(r, _)| r.end == new.end));
-        self.checkpoints.new_life();
+        self.checkpoints.new_layout(new.end);
         if new.end < old.end {
             // Before the pages go: the hole guard must not touch them after.
             self.guard_accessible_pages(new.end);

@@ -349,7 +349,7 @@ impl LinearSpace {
         if new.end > old.end {
             self.guard_accessible_pages(new.end);
         }
-        self.checkpoints.new_life();
+        self.checkpoints.new_layout(new.end);
         if image.is_none_or(|i| !self.backing_pages.contains_key(&i.id())) {
             // `restore_layout` attached an image no page ended up naming.
             self.images.retain(|id, _| self.backing_pages.contains_key(id));
