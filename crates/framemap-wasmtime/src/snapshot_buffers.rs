@@ -23,7 +23,7 @@
 use crate::error::{Error, Result};
 use crate::prepared::PreparedModule;
 use crate::{MemoryHandle, PreparedComponent};
-use framemap::snapshot::{MAX_NAME_LEN, PageSource, Snapshot};
+use framemap::snapshot::{MAX_NAME_LEN, Snapshot};
 use framemap::{BufferGrant, Image, SharedBuffer, WindowOwner};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -102,18 +102,10 @@ impl SnapshotBuffers {
     /// Checks that every buffer a window of `snapshot` (or of a parent it
     /// restores through) names is here.
     pub(crate) fn check(&self, snapshot: &Snapshot) -> Result<()> {
-        let mut link = Some(snapshot);
-        while let Some(snapshot) = link {
-            for memory in &snapshot.manifest().memories {
-                for run in &memory.runs {
-                    if let PageSource::Shared { buffer, .. } = &run.source
-                        && !self.by_name.contains_key(buffer)
-                    {
-                        return Err(Error::MissingBuffer { memory: memory.name.clone(), name: buffer.clone() });
-                    }
-                }
+        for (memory, name) in snapshot.window_buffers() {
+            if !self.by_name.contains_key(name) {
+                return Err(Error::MissingBuffer { memory: memory.clone(), name: name.clone() });
             }
-            link = snapshot.parent();
         }
         Ok(())
     }

@@ -89,6 +89,9 @@ struct Opened {
     /// Its memories resolved into layouts by the first restore of each
     /// (`restore.rs`), by memory name and merge gap.
     planned: std::sync::Mutex<rustc_hash::FxHashMap<(String, u64), Arc<restore::PlannedLayout>>>,
+    /// The names of the buffers its windows show (see
+    /// [`Snapshot::window_buffers`]), found once.
+    window_buffers: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 impl Snapshot {
@@ -150,8 +153,9 @@ impl Snapshot {
         let manifest = Manifest::decode(manifest_bytes, host, header.data_pages).map_err(|e| invalid(&path, e))?;
         let image = image.into_snapshot_data();
         let id = Digest::of(manifest_bytes);
-        let (merged, planned) = Default::default();
-        Ok(Snapshot { inner: Arc::new(Opened { id, header, manifest, image, parent: None, path, merged, planned }) })
+        let (merged, planned, window_buffers) = Default::default();
+        let opened = Opened { id, header, manifest, image, parent: None, path, merged, planned, window_buffers };
+        Ok(Snapshot { inner: Arc::new(opened) })
     }
 
     /// The snapshot's id: the SHA-256 of its manifest, which holds the
@@ -191,6 +195,7 @@ impl Snapshot {
                 path: o.path.clone(),
                 merged: Default::default(),
                 planned: Default::default(),
+                window_buffers: Default::default(),
             }),
         })
     }
@@ -282,6 +287,30 @@ impl Snapshot {
     /// still holds them).
     pub fn backing_id(&self) -> crate::BackingId {
         self.inner.image.id()
+    }
+
+    /// Every (memory, buffer name) pair for which a window of the memory
+    /// shows the named buffer, in this snapshot and the parents attached to
+    /// it (a restore needs each buffer): found once, then kept.
+    pub fn window_buffers(&self) -> &[(String, String)] {
+        self.inner.window_buffers.get_or_init(|| {
+            let mut found: Vec<(String, String)> = Vec::new();
+            let mut link = Some(self);
+            while let Some(snapshot) = link {
+                for memory in &snapshot.manifest().memories {
+                    for run in &memory.runs {
+                        if let PageSource::Shared { buffer, .. } = &run.source {
+                            let pair = (memory.name.clone(), buffer.clone());
+                            if !found.contains(&pair) {
+                                found.push(pair);
+                            }
+                        }
+                    }
+                }
+                link = snapshot.parent();
+            }
+            found
+        })
     }
 
     /// The merged images restores of this snapshot made (see `merge.rs`).
