@@ -266,20 +266,10 @@ impl LinearSpace {
         let mut written = Vec::new();
         if pagemap::scan_supported() {
             let tracked = protect && uffd::supported() && self.register_for_tracking();
-            let shift = self.page.trailing_zeros();
-            let base = self.base().as_ptr() as usize;
-            let (start, end) = (self.addr_of(accessible.start) as usize, self.addr_of(accessible.end) as usize);
-            let mut visit = |s: usize, e: usize| {
-                let range = PageRange::new(((s - base) as u64) >> shift, ((e - base) as u64) >> shift);
-                match written.last_mut() {
-                    Some(last @ &mut PageRange { .. }) if last.end == range.start => last.end = range.end,
-                    _ => written.push(range),
-                }
-            };
-            let scanned = match tracked {
-                true => pagemap::scan_and_protect_dirty(start, end, &mut visit),
-                false => pagemap::scan(start, end, pagemap::Query::Dirty, &mut visit),
-            };
+            let scanned = self.scan_written(accessible, tracked, |range| match written.last_mut() {
+                Some(last @ &mut PageRange { .. }) if last.end == range.start => last.end = range.end,
+                _ => written.push(range),
+            });
             if scanned.is_ok() {
                 // Shared frames are the host's: never part of what changed.
                 let shared: Vec<PageRange> = self

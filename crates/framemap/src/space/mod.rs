@@ -13,6 +13,9 @@
 //!   `restore_layout`, `populate`);
 //! - `tracking`: write tracking, and the re-protection policy as a pure
 //!   state machine;
+//! - `written`: a checkpoint's scan for the pages written since their last
+//!   protection, cut along the table into stretches, each asked the query
+//!   that is exact there and cheapest;
 //! - `checkpoint`: which pages changed since a point of a live memory's
 //!   life (what snapshots capture), without hiding any page from resets;
 //! - `layout`: laying a memory out from a list of frames (snapshot
@@ -94,6 +97,7 @@ mod mapping;
 mod prefetch;
 mod reset;
 mod tracking;
+mod written;
 
 pub use checkpoint::Checkpoint;
 pub use commit::GUARD_SHARE;

@@ -30,7 +30,7 @@ mod category {
 }
 
 /// What a scan looks for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Query {
     /// Pages whose contents may differ from what the mapping would read back
     /// after a discard: private pages that are present or swapped out, are
@@ -38,6 +38,14 @@ pub(crate) enum Query {
     /// written since they were last write-protected (see [`super::uffd`]; a
     /// page never protected counts as written).
     Dirty,
+    /// [`Query::Dirty`] without its file-page test: exactly the same pages
+    /// in anonymous mappings (whose pages are never file pages), a superset
+    /// (unmodified file pages included) elsewhere. The file-page test reads
+    /// each present page's `struct page`, a cache miss per page: over
+    /// anonymous memory with many resident pages this query is several
+    /// times faster (262 144 resident pages, 7 written: 0.8 ms against
+    /// 8.3 ms on Linux 6.18).
+    DirtyAnonymous,
     /// Pages that occupy memory: present and not the shared zero page.
     Resident,
     /// Pages that have a page-table entry: present (the shared zero page
@@ -53,6 +61,7 @@ impl Query {
         use category::*;
         match self {
             Query::Dirty => (WRITTEN | PFNZERO | FILE, PFNZERO | FILE, PRESENT | SWAPPED),
+            Query::DirtyAnonymous => (WRITTEN | PFNZERO, PFNZERO, PRESENT | SWAPPED),
             Query::Resident => (PRESENT | PFNZERO, PFNZERO, 0),
             Query::Populated => (0, 0, PRESENT | SWAPPED),
         }
@@ -180,10 +189,11 @@ pub(crate) fn scan(start: usize, end: usize, query: Query, visit: impl FnMut(usi
 
 /// `PM_SCAN_WP_MATCHING`: also write-protect every matching page.
 const WP_MATCHING: u64 = 1 << 0;
-/// Write-protects every [`Query::Dirty`] page of `[start, end)` in one walk,
-/// so each reads as not written until its next write. Pages of mappings not
-/// registered with [`super::uffd::register`] are left as they are (and keep
-/// reading as written). Changes no contents.
+/// Write-protects every page of `[start, end)` that `query` ([`Query::Dirty`]
+/// or [`Query::DirtyAnonymous`]) matches, in one walk, so each reads as not
+/// written until its next write. Pages of mappings not registered with
+/// [`super::uffd::register`] are left as they are (and keep reading as
+/// written). Changes no contents.
 ///
 /// Only the matching pages are touched: the walk asks for their runs (and
 /// throws them away) because without an output vector the kernel takes its
@@ -191,17 +201,23 @@ const WP_MATCHING: u64 = 1 << 0;
 /// range, installing a marker in each empty one. Every later scan then has
 /// to read those markers: across a 16 MiB memory whose few dirty pages lie
 /// far apart, that made each reset's scan several times slower.
-pub(crate) fn protect_dirty(start: usize, end: usize) -> io::Result<()> {
-    walk(start, end, Query::Dirty, WP_MATCHING, |_, _| {})
+pub(crate) fn protect(start: usize, end: usize, query: Query) -> io::Result<()> {
+    walk(start, end, query, WP_MATCHING, |_, _| {})
 }
 
-/// Reports every [`Query::Dirty`] run of `[start, end)`, like [`scan`],
-/// and write-protects those pages in the same walk (see [`protect_dirty`]):
-/// afterwards each reads as not written until its next write, so the next
-/// walk reports exactly the pages written in between (in mappings
-/// registered with [`super::uffd::register`]; others always read written).
-pub(crate) fn scan_and_protect_dirty(start: usize, end: usize, visit: impl FnMut(usize, usize)) -> io::Result<()> {
-    walk(start, end, Query::Dirty, WP_MATCHING, visit)
+/// Reports every run of `[start, end)` that `query` ([`Query::Dirty`] or
+/// [`Query::DirtyAnonymous`]) matches, like [`scan`], and write-protects
+/// those pages in the same walk (see [`protect`]): afterwards each reads as
+/// not written until its next write, so the next walk reports exactly the
+/// pages written in between (in mappings registered with
+/// [`super::uffd::register`]; others always read written).
+pub(crate) fn scan_and_protect(
+    start: usize,
+    end: usize,
+    query: Query,
+    visit: impl FnMut(usize, usize),
+) -> io::Result<()> {
+    walk(start, end, query, WP_MATCHING, visit)
 }
 
 fn walk(start: usize, end: usize, query: Query, flags: u64, mut visit: impl FnMut(usize, usize)) -> io::Result<()> {
@@ -347,5 +363,67 @@ mod tests {
         }
         // SAFETY: the test owns the range and is done with it.
         unsafe { crate::sys::mman::release(base, 16 * page).unwrap() };
+    }
+
+    /// The anonymous query reports what the full one does over anonymous
+    /// memory, and more (unmodified file pages) only over a file mapping.
+    #[test]
+    fn the_anonymous_dirty_query_differs_only_on_file_pages() {
+        if !crate::testing::feature_present(
+            crate::sys::pagemap::scan_supported(),
+            "PAGEMAP_SCAN",
+            "FRAMEMAP_REQUIRE_PAGEMAP_SCAN",
+        ) {
+            return;
+        }
+        let page = crate::sys::mman::page_size();
+        let pages_of = |start: usize, query: Query, len: usize| {
+            let mut runs = Vec::new();
+            scan(start, start + len * page, query, |s, e| runs.push(((s - start) / page, (e - start) / page))).unwrap();
+            runs
+        };
+        let base = crate::sys::mman::reserve(16 * page).unwrap().as_ptr();
+        // SAFETY: the range was just reserved by this test and nothing else uses it.
+        unsafe { crate::sys::mman::protect(base, 16 * page, crate::frame::Protection::ReadWrite).unwrap() };
+        for i in [0, 3, 4] {
+            // SAFETY: page `i` is inside the read-write range above.
+            unsafe { base.add(i * page).write_volatile(1) };
+        }
+        // SAFETY: as above; a read maps the shared zero page.
+        let _ = unsafe { base.add(9 * page).read_volatile() };
+        let anonymous = pages_of(base as usize, Query::Dirty, 16);
+        assert_eq!(anonymous, vec![(0, 1), (3, 5)]);
+        assert_eq!(pages_of(base as usize, Query::DirtyAnonymous, 16), anonymous);
+        // SAFETY: the test owns the range and is done with it.
+        unsafe { crate::sys::mman::release(base, 16 * page).unwrap() };
+
+        // A private mapping of a file: a page only read is a file page.
+        let fd = crate::sys::memfd::create("framemap-test-dirty-query").unwrap();
+        crate::sys::memfd::write_all_at(&fd, &vec![7u8; 16 * page], 0).unwrap();
+        // SAFETY: a new mapping at an address the kernel picks, of a file
+        // this test owns; nothing else refers to it.
+        let file = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                16 * page,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+                &fd,
+                0,
+            )
+        }
+        .unwrap()
+        .cast::<u8>();
+        // SAFETY: pages 2 and 8 lie inside the mapping above.
+        unsafe {
+            file.add(2 * page).write_volatile(1);
+            let _ = file.add(8 * page).read_volatile();
+        }
+        assert_eq!(pages_of(file as usize, Query::Dirty, 16), vec![(2, 3)]);
+        let superset = pages_of(file as usize, Query::DirtyAnonymous, 16);
+        let covers = |p: usize| superset.iter().any(|&(s, e)| s <= p && p < e);
+        assert!(covers(2) && covers(8), "{superset:?}");
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { rustix::mm::munmap(file.cast(), 16 * page).unwrap() };
     }
 }
