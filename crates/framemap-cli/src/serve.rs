@@ -31,9 +31,10 @@
 //! - **Comparison.** `--allocator wasmtime-pooling` (or any of `framemap
 //!   bench`'s allocators) serves the unchanged component on wasmtime's own
 //!   allocator, the same way, for benchmarks.
-//! - **Not yet:** outgoing HTTP requests from guests (they fail with
-//!   `HTTP-request-denied`: framemap builds wasmtime-wasi-http without its
-//!   TLS client), HTTP/2, and snapshots.
+//! - **Outgoing requests.** A guest's `wasi:http/outgoing-handler` requests
+//!   are sent by wasmtime-wasi-http's own client (HTTP/1.1, TLS with the
+//!   webpki roots for `https`), as `wasmtime serve` sends them.
+//! - **Not yet:** HTTP/2, and snapshots.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -58,7 +59,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Arguments of `framemap serve`.
 #[derive(Debug, Args)]
@@ -214,8 +215,7 @@ impl Server {
     async fn run(&self, request: Request<Incoming>, release: ScopeGuard) -> Result<Response<HyperOutgoingBody>> {
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stdout().inherit_stderr().envs(&self.envs);
-        let host =
-            Host { wasi: wasi.build(), http: WasiHttpCtx::new(), table: ResourceTable::new(), hooks: NoOutgoing };
+        let host = Host { wasi: wasi.build(), http: WasiHttpCtx::new(), table: ResourceTable::new() };
         let mut store = Store::new(&self.engine, host);
         let instance = match &self.pre {
             Pre::Framemap(pre) => pre.instantiate_async(&mut store).await,
@@ -345,7 +345,6 @@ pub struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: NoOutgoing,
 }
 
 impl WasiView for Host {
@@ -356,28 +355,8 @@ impl WasiView for Host {
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
-    }
-}
-
-/// The wasi:http hooks of `framemap serve`: the defaults, and no outgoing
-/// requests.
-struct NoOutgoing;
-
-impl WasiHttpHooks for NoOutgoing {
-    fn send_request(
-        &mut self,
-        _request: hyper::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<
-        dyn std::future::Future<
-                Output = wasmtime_wasi_http::Result<(
-                    hyper::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-                )>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        // The default hooks send outgoing requests (HTTP/1.1, with TLS for
+        // `https`) as `wasmtime serve` does.
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: wasmtime_wasi_http::default_hooks() }
     }
 }

@@ -2,8 +2,9 @@
 //! recycled memories, a request storm beyond the concurrency bound, a
 //! graceful shutdown, and components that cannot be served.
 //!
-//! The guests are `tests/guests/http_hello.wasm` and `http_image.wasm`
-//! (Rust `wasm32-wasip2`, rebuilt by `tests/guests/build.sh`).
+//! The guests are `tests/guests/http_hello.wasm`, `http_image.wasm` and
+//! `http_proxy.wasm` (Rust `wasm32-wasip2`, rebuilt by
+//! `tests/guests/build.sh`).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -239,4 +240,51 @@ fn a_restart_maps_the_component_from_the_compile_cache() {
         assert!(!unused.exists(), "{extra:?} created the cache");
     }
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A one-thread HTTP/1.1 server on loopback that answers every request
+/// with `200` and `from upstream: PATH`, then closes: the backend a guest's
+/// outgoing request reaches. Returns its port.
+fn upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // The headers, up to the empty line (a GET has no body).
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let path = request_line.split(' ').nth(1).unwrap_or("?").to_owned();
+            let body = format!("from upstream: {path}\n");
+            let _ =
+                write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    port
+}
+
+#[test]
+fn a_guest_reaches_a_backend_with_an_outgoing_request() {
+    let port = upstream();
+    let server = Server::start(&[], &guest("http_proxy.wasm"));
+    for path in ["a", "b/c?d=1"] {
+        let (status, body) = server.get(&format!("/{port}/{path}"));
+        assert_eq!((status, body.as_str()), (200, format!("upstream 200: from upstream: /{path}\n").as_str()));
+    }
+    // A backend that is not there: the guest gets the error and answers;
+    // the server goes on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (status, body) = server.get(&format!("/{closed}/x"));
+    assert_eq!(status, 200);
+    assert!(body.starts_with("upstream error: "), "{body}");
+    assert_eq!(server.get(&format!("/{port}/again")).1, "upstream 200: from upstream: /again\n");
+    let (code, rest) = server.terminate();
+    assert_eq!(code, Some(0), "{rest}");
 }

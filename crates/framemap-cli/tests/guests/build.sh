@@ -8,3 +8,5 @@ cargo build --release --target wasm32-wasip2
 cp target/wasm32-wasip2/release/http_handler.wasm "$here/http_hello.wasm"
 cargo build --release --target wasm32-wasip2 --features image
 cp target/wasm32-wasip2/release/http_handler.wasm "$here/http_image.wasm"
+cargo build --release --target wasm32-wasip2 --features proxy
+cp target/wasm32-wasip2/release/http_handler.wasm "$here/http_proxy.wasm"

@@ -6,6 +6,9 @@
 //! page chosen by the request's path, e.g. `/7`) and answers with a checksum
 //! of the whole image and the request's page, so a response shows whether
 //! the instance started from the image (as every new instance must).
+//! With the `proxy` feature it makes an outgoing request: a path
+//! `/PORT/REST` fetches `http://127.0.0.1:PORT/REST` and answers with the
+//! upstream's status and body, or with the error the request got.
 
 use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
@@ -29,7 +32,7 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
     }
 }
 
-#[cfg(not(feature = "image"))]
+#[cfg(not(any(feature = "image", feature = "proxy")))]
 fn respond(_path: &str) -> String {
     "hello from wasi:http\n".to_string()
 }
@@ -51,6 +54,34 @@ fn respond(path: &str) -> String {
 fn checksum(bytes: &[u8]) -> u64 {
     // Sampled: one word per page keeps each request cheap.
     bytes.chunks(4096).fold(0xcbf2_9ce4_8422_2325, |h, page| (h ^ u64::from(page[8])).wrapping_mul(0x100_0000_01b3))
+}
+
+#[cfg(feature = "proxy")]
+fn respond(path: &str) -> String {
+    use wasi::http::types::{ErrorCode, OutgoingRequest, Scheme};
+    let path = path.trim_start_matches('/');
+    let (port, rest) = path.split_once('/').unwrap_or((path, ""));
+    let fetch = || -> Result<(u16, Vec<u8>), ErrorCode> {
+        let request = OutgoingRequest::new(Fields::new());
+        request.set_scheme(Some(&Scheme::Http)).expect("scheme");
+        request.set_authority(Some(&format!("127.0.0.1:{port}"))).expect("authority");
+        request.set_path_with_query(Some(&format!("/{rest}"))).expect("path");
+        let response = wasi::http::outgoing_handler::handle(request, None)?;
+        response.subscribe().block();
+        let response = response.get().expect("ready").expect("first get")?;
+        let status = response.status();
+        let body = response.consume().expect("body");
+        let stream = body.stream().expect("stream");
+        let mut bytes = Vec::new();
+        while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+            bytes.extend(chunk);
+        }
+        Ok((status, bytes))
+    };
+    match fetch() {
+        Ok((status, bytes)) => format!("upstream {status}: {}", String::from_utf8_lossy(&bytes)),
+        Err(error) => format!("upstream error: {error:?}\n"),
+    }
 }
 
 wasi::http::proxy::export!(Handler);
