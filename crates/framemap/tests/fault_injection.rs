@@ -265,3 +265,61 @@ fn libc_eagain() -> i32 {
 fn libc_eintr() -> i32 {
     rustix::io::Errno::INTR.raw_os_error()
 }
+
+/// A checkpoint's scan is one walk per stretch (an image run, then a long
+/// zero run with the anonymous query): whichever of its system calls fails,
+/// after earlier stretches were already write-protected or not, no written
+/// page is hidden, neither from the next checkpoint nor from a reset.
+#[test]
+fn a_checkpoint_failing_in_any_stretch_hides_no_written_page() {
+    if !framemap::testing::feature_present(
+        framemap::pagemap_scan_supported(),
+        "PAGEMAP_SCAN",
+        "FRAMEMAP_REQUIRE_PAGEMAP_SCAN",
+    ) {
+        return;
+    }
+    let p = page();
+    let initial = |page: u64| if page < 4 { 7u8 } else { 0 };
+    let mut n = 1;
+    loop {
+        let image = Image::from_bytes(&vec![7u8; 4 * p as usize]).unwrap();
+        let mut space =
+            LinearSpace::new(framemap::SpaceConfig { capacity: 1024 * p, guard: 0, initial_len: 1024 * p }).unwrap();
+        space.map_image(0, &image, 0, 4 * p, Protection::ReadWrite).unwrap();
+        space.checkpoint().unwrap();
+        for page in [1, 600] {
+            space.write(page * p, b"before").unwrap();
+        }
+        fail_nth(n, libc_enomem());
+        let result = space.checkpoint();
+        let hit = fired();
+        disarm();
+        let context = format!("call {n} of the checkpoint failing ({result:?})");
+        if let Ok(checkpoint) = result {
+            for page in [2, 700] {
+                space.write(page * p, b"after").unwrap();
+            }
+            let changed = space.changed_since(&checkpoint).unwrap();
+            for page in [2, 700] {
+                assert!(
+                    changed.iter().any(|r| r.start <= page && page < r.end),
+                    "{context}: {page} not in {changed:?}"
+                );
+            }
+        }
+        space.restore_dirty(ResetPolicy::default()).unwrap();
+        for page in [1, 2, 600, 700] {
+            let mut byte = [0u8];
+            space.read(page * p, &mut byte).unwrap();
+            assert_eq!(byte[0], initial(page), "{context}: page {page} kept its written bytes after a reset");
+        }
+        space.validate().unwrap_or_else(|e| panic!("{context}: {e}"));
+        if !hit {
+            break;
+        }
+        n += 1;
+    }
+    println!("checkpoint: {} system calls, each failed in turn", n - 1);
+    assert!(n > 2, "the checkpoint made {} system calls: its scan was not split", n - 1);
+}
