@@ -4,7 +4,7 @@
 //! Where the kernel offers asynchronous userfaultfd write-protection
 //! (`sys::uffd`), the accessible `Zero` and `Image` runs are registered once
 //! per layout, and [`LinearSpace::restore_dirty`] may write-protect the
-//! pages it restored in place (`sys::pagemap::protect`), so a later
+//! pages it restored in place (`sys::pagemap::protect_dirty`), so a later
 //! reset finds only the pages written since. Protection costs a minor fault
 //! on each page's next write, so [`Reprotect`], a pure state machine with no
 //! kernel call, decides when it pays.
@@ -203,7 +203,7 @@ impl LinearSpace {
             let (first, last) = (self.addr_of(kept.start) as usize, self.addr_of(kept.end) as usize);
             // A failure leaves pages unprotected, which only means they
             // are copied again next time.
-            if pagemap::protect(first, last, pagemap::Query::Dirty).is_ok() {
+            if pagemap::protect_dirty(first, last).is_ok() {
                 self.tracking.reprotect = then;
                 report.protected = true;
             }

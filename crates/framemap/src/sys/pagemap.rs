@@ -189,11 +189,10 @@ pub(crate) fn scan(start: usize, end: usize, query: Query, visit: impl FnMut(usi
 
 /// `PM_SCAN_WP_MATCHING`: also write-protect every matching page.
 const WP_MATCHING: u64 = 1 << 0;
-/// Write-protects every page of `[start, end)` that `query` ([`Query::Dirty`]
-/// or [`Query::DirtyAnonymous`]) matches, in one walk, so each reads as not
-/// written until its next write. Pages of mappings not registered with
-/// [`super::uffd::register`] are left as they are (and keep reading as
-/// written). Changes no contents.
+/// Write-protects every [`Query::Dirty`] page of `[start, end)` in one walk,
+/// so each reads as not written until its next write. Pages of mappings not
+/// registered with [`super::uffd::register`] are left as they are (and keep
+/// reading as written). Changes no contents.
 ///
 /// Only the matching pages are touched: the walk asks for their runs (and
 /// throws them away) because without an output vector the kernel takes its
@@ -201,13 +200,13 @@ const WP_MATCHING: u64 = 1 << 0;
 /// range, installing a marker in each empty one. Every later scan then has
 /// to read those markers: across a 16 MiB memory whose few dirty pages lie
 /// far apart, that made each reset's scan several times slower.
-pub(crate) fn protect(start: usize, end: usize, query: Query) -> io::Result<()> {
-    walk(start, end, query, WP_MATCHING, |_, _| {})
+pub(crate) fn protect_dirty(start: usize, end: usize) -> io::Result<()> {
+    walk(start, end, Query::Dirty, WP_MATCHING, |_, _| {})
 }
 
 /// Reports every run of `[start, end)` that `query` ([`Query::Dirty`] or
 /// [`Query::DirtyAnonymous`]) matches, like [`scan`], and write-protects
-/// those pages in the same walk (see [`protect`]): afterwards each reads as
+/// those pages in the same walk (see [`protect_dirty`]): afterwards each reads as
 /// not written until its next write, so the next walk reports exactly the
 /// pages written in between (in mappings registered with
 /// [`super::uffd::register`]; others always read written).

@@ -2,7 +2,7 @@
 //!
 //! A range registered here (`UFFDIO_REGISTER_MODE_WP`) can have its written
 //! pages protected again by one `PAGEMAP_SCAN` call
-//! ([`super::pagemap::protect`]); the next write to such a page takes
+//! ([`super::pagemap::protect_dirty`]); the next write to such a page takes
 //! a minor fault that the kernel resolves by itself (`UFFD_FEATURE_WP_ASYNC`:
 //! no handler thread, no message is ever read from the descriptor) and the
 //! page counts as written again. Until then `PAGEMAP_SCAN` reports it as not
@@ -224,7 +224,7 @@ mod tests {
             let _ = addr.add(6 * page).read_volatile();
             let _ = addr.add(3 * page).read_volatile();
             assert_eq!(dirty(addr, page), [0, 2, 5], "never protected: every written page");
-            pagemap::protect(addr as usize, addr as usize + 8 * page, pagemap::Query::Dirty).unwrap();
+            pagemap::protect_dirty(addr as usize, addr as usize + 8 * page).unwrap();
             assert_eq!(dirty(addr, page), [] as [usize; 0], "all protected");
             assert_eq!(addr.add(2 * page).read_volatile(), 7, "contents unchanged");
             addr.add(2 * page).write_volatile(8);
@@ -292,7 +292,7 @@ mod tests {
                 addr.add(p * page).write_volatile(7);
             }
             assert_eq!(dirty(addr, page), [0, 2, 5, 6, 7]);
-            pagemap::protect(addr as usize, addr as usize + 8 * page, pagemap::Query::Dirty).unwrap();
+            pagemap::protect_dirty(addr as usize, addr as usize + 8 * page).unwrap();
             assert_eq!(dirty(addr, page), [5, 6], "pages 5 and 6 are not registered: still written");
             mman::release(addr, 8 * page).unwrap();
         }
